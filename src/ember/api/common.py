@@ -1,0 +1,66 @@
+"""Pieces both dialects share: reaching the scheduler, starting a generation, serialising a stream."""
+
+import json
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from ember.core.errors import BadRequest
+from ember.core.types import Event
+from ember.runtime.scheduler import Scheduler
+from ember.store.store import ModelStore
+
+
+def scheduler(request: Request) -> Scheduler:
+    return request.app.state.scheduler
+
+
+def store(request: Request) -> ModelStore:
+    return request.app.state.store
+
+
+def iso(moment: datetime | None = None) -> str:
+    return (moment or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+async def start(events: AsyncIterator[Event]) -> tuple[Event, AsyncIterator[Event]]:
+    """Wait for the first event, so that a refused request (400, 404, 503) gets its status before any body is sent."""
+    first = await anext(events)
+    return first, events
+
+
+async def _rest(first: Event, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    try:
+        yield first
+        async for event in events:
+            yield event
+    finally:
+        # Ends the generation when the client goes away mid-stream (the response is cancelled or closed here).
+        await events.aclose()
+
+
+def stream(first: Event, events: AsyncIterator[Event], render: Callable[[Event], list[str]],
+           media_type: str, tail: Callable[[], list[str]] = list) -> StreamingResponse:
+    async def body():
+        async for event in _rest(first, events):
+            for line in render(event):
+                yield line
+        for line in tail():
+            yield line
+
+    return StreamingResponse(body(), media_type=media_type)
+
+
+async def collect(first: Event, events: AsyncIterator[Event]) -> list[Event]:
+    return [event async for event in _rest(first, events)]
+
+
+def ndjson(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False) + "\n"
+
+
+def no_images(images: list[str] | None, model: str) -> None:
+    if images:
+        raise BadRequest(f"{model} cannot read images: ember's image input arrives with the vision models")

@@ -1,0 +1,64 @@
+"""Every error leaves as JSON with a 4xx/5xx status that names the problem, in the shape each dialect's clients expect."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ember.core.errors import Busy, EmberError
+
+log = logging.getLogger("ember.api")
+
+
+def error_response(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    if request.url.path.startswith("/v1/"):
+        kind = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
+                503: "server_busy"}.get(status, "api_error")
+        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    else:
+        body = {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        if err.get("type") == "json_invalid":
+            return f"malformed JSON in request body: {err.get('ctx', {}).get('error', err.get('msg'))}"
+        if err.get("type") == "missing":
+            parts.append(f"'{'.'.join(loc)}' is required")
+        elif loc:
+            parts.append(f"'{'.'.join(loc)}': {err.get('msg')} (got {err.get('input')!r:.80})")
+        else:
+            parts.append(str(err.get("msg")))
+    return "invalid request: " + "; ".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(EmberError)
+    async def _ember(request: Request, exc: EmberError):
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+        if exc.status >= 500:
+            log.error("%s %s: %s", request.method, request.url.path, exc.message)
+        return error_response(request, exc.status, exc.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return error_response(request, 400, describe_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        if exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        return error_response(request, exc.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(request, 500, f"internal error: {type(exc).__name__}: {exc}")

@@ -1,0 +1,415 @@
+"""The Ollama dialect (/api/*): translates to and from the core request and events, nothing more."""
+
+import asyncio
+import hashlib
+import math
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ember import __version__
+from ember.api import common
+from ember.core.durations import parse_keep_alive
+from ember.core.errors import BadRequest, NotFound
+from ember.core.options import parse_options
+from ember.core.types import Done, EmbedRequest, GenerateRequest, Message, Token, ToolCall
+from ember.store.blobs import normalize_digest
+from ember.store.store import CreateSpec, Model
+
+router = APIRouter()
+
+KeepAlive = str | int | float | None
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class GenerateBody(Body):
+    model: str
+    prompt: str | None = ""
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    images: list[str] | None = None
+    format: str | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    preset: str | None = None
+    stream: bool = True
+    raw: bool = False
+    keep_alive: KeepAlive = None
+    context: list[int] | None = None
+
+
+class ToolFunction(Body):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class OllamaToolCall(Body):
+    function: ToolFunction
+
+
+class ChatMessage(Body):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = ""
+    images: list[str] | None = None
+    tool_calls: list[OllamaToolCall] | None = None
+    tool_name: str | None = None
+
+
+class ChatBody(Body):
+    model: str
+    messages: list[ChatMessage] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+    format: str | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    preset: str | None = None
+    stream: bool = True
+    keep_alive: KeepAlive = None
+
+
+class EmbedBody(Body):
+    model: str
+    input: str | list[str] = Field(default_factory=list)
+    truncate: bool = True
+    options: dict[str, Any] | None = None
+    keep_alive: KeepAlive = None
+
+
+class LegacyEmbedBody(Body):
+    model: str
+    prompt: str = ""
+    options: dict[str, Any] | None = None
+    keep_alive: KeepAlive = None
+
+
+class NameBody(Body):
+    model: str | None = None
+    name: str | None = None  # older clients send `name`
+
+    @property
+    def target(self) -> str:
+        if not (self.model or self.name):
+            raise BadRequest("'model' is required")
+        return self.model or self.name
+
+
+class ShowBody(NameBody):
+    verbose: bool = False
+
+
+class CopyBody(Body):
+    source: str
+    destination: str
+
+
+class PullBody(NameBody):
+    stream: bool = True
+    insecure: bool = False
+
+
+class CreateBody(NameBody):
+    from_: str | None = Field(None, alias="from")
+    modelfile: str | None = None
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    template: str | None = None
+    license: str | list[str] | None = None
+    system: str | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[ChatMessage] | None = None
+    quantize: str | None = None
+    stream: bool = True
+
+
+# -- inference -------------------------------------------------------------------------------------------------------
+
+
+def _timings(done: Done) -> dict[str, Any]:
+    out = {
+        "done_reason": done.reason, "total_duration": done.total_ns, "load_duration": done.load_ns,
+        "prompt_eval_count": done.prompt_tokens, "prompt_eval_duration": done.prompt_ns,
+        "eval_count": done.completion_tokens, "eval_duration": done.eval_ns,
+    }
+    if done.truncated:
+        out.update(truncated=True, truncated_messages=done.truncated_messages, truncated_tokens=done.truncated_tokens)
+    return out
+
+
+def _tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    return [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+
+
+async def _load_only(request: Request, model: str, options, keep_alive, key: str, empty: Any):
+    """An empty prompt loads the model (or, with keep_alive 0, unloads it), as Ollama does."""
+    sched = common.scheduler(request)
+    if keep_alive == 0:
+        sched.unload(model)
+        reason = "unload"
+    else:
+        await sched.load(model, options, keep_alive)
+        reason = "load"
+    return {"model": model, "created_at": common.iso(), key: empty, "done": True, "done_reason": reason}
+
+
+@router.post("/api/generate")
+async def generate(body: GenerateBody, request: Request):
+    common.no_images(body.images, body.model)
+    if body.suffix:
+        raise BadRequest("suffix (fill-in-the-middle) is not supported yet; send the text before it as the prompt")
+    options = parse_options(body.options)
+    keep_alive = parse_keep_alive(body.keep_alive)
+    if not body.prompt and not body.system:
+        return await _load_only(request, body.model, options, keep_alive, "response", "")
+    core = GenerateRequest(model=body.model, prompt=body.prompt, system=body.system, template=body.template,
+                           raw=body.raw, options=options, preset=body.preset, format=body.format or None,
+                           keep_alive=keep_alive, stream=body.stream)
+    first, events = await common.start(common.scheduler(request).generate(core))
+
+    def chunk(event) -> dict[str, Any]:
+        head = {"model": body.model, "created_at": common.iso()}
+        if isinstance(event, Token):
+            return {**head, "response": event.text, "done": False}
+        return {**head, "response": "", "done": True, **_timings(event)}
+
+    if body.stream:
+        return common.stream(first, events, lambda e: [common.ndjson(chunk(e))], "application/x-ndjson")
+    collected = await common.collect(first, events)
+    done = collected[-1]
+    return {**chunk(done), "response": done.text}
+
+
+def _message(m: ChatMessage, model: str) -> Message:
+    common.no_images(m.images, model)
+    calls = [ToolCall(c.function.name, c.function.arguments) for c in m.tool_calls or []]
+    return Message(m.role, m.content or "", tool_calls=calls, tool_name=m.tool_name)
+
+
+@router.post("/api/chat")
+async def chat(body: ChatBody, request: Request):
+    options = parse_options(body.options)
+    keep_alive = parse_keep_alive(body.keep_alive)
+    if not body.messages:
+        return await _load_only(request, body.model, options, keep_alive, "message",
+                                {"role": "assistant", "content": ""})
+    core = GenerateRequest(model=body.model, messages=[_message(m, body.model) for m in body.messages],
+                           tools=body.tools or None, options=options, preset=body.preset, format=body.format or None,
+                           keep_alive=keep_alive, stream=body.stream)
+    first, events = await common.start(common.scheduler(request).generate(core))
+
+    def chunk(event) -> dict[str, Any]:
+        head = {"model": body.model, "created_at": common.iso()}
+        if isinstance(event, Token):
+            return {**head, "message": {"role": "assistant", "content": event.text}, "done": False}
+        message = {"role": "assistant", "content": ""}
+        if event.tool_calls:
+            message["tool_calls"] = _tool_calls(event.tool_calls)
+        return {**head, "message": message, "done": True, **_timings(event)}
+
+    if body.stream:
+        return common.stream(first, events, lambda e: [common.ndjson(chunk(e))], "application/x-ndjson")
+    collected = await common.collect(first, events)
+    done = collected[-1]
+    final = chunk(done)
+    final["message"]["content"] = done.text
+    return final
+
+
+@router.post("/api/embed")
+async def embed(body: EmbedBody, request: Request):
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    result = await common.scheduler(request).embed(EmbedRequest(
+        model=body.model, inputs=inputs, options=parse_options(body.options),
+        keep_alive=parse_keep_alive(body.keep_alive), truncate=body.truncate))
+    return {"model": body.model, "embeddings": result.vectors, "total_duration": result.total_ns,
+            "load_duration": result.load_ns, "prompt_eval_count": result.prompt_tokens}
+
+
+@router.post("/api/embeddings")
+async def embeddings(body: LegacyEmbedBody, request: Request):
+    """The legacy route: one prompt, vector not normalised (as Ollama's)."""
+    result = await common.scheduler(request).embed(EmbedRequest(
+        model=body.model, inputs=[body.prompt], options=parse_options(body.options),
+        keep_alive=parse_keep_alive(body.keep_alive), normalize=False))
+    return {"embedding": result.vectors[0]}
+
+
+# -- models ----------------------------------------------------------------------------------------------------------
+
+
+@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+async def root():
+    # Tools that probe for a local Ollama look for exactly this text.
+    return "Ollama is running"
+
+
+@router.get("/api/version")
+async def version():
+    return {"version": __version__}
+
+
+def _details(model: Model) -> dict[str, Any]:
+    info = model.info
+    return {"parent_model": "", "format": "gguf", "family": info.architecture, "families": [info.architecture],
+            "parameter_size": info.parameter_size, "quantization_level": info.quantization}
+
+
+@router.api_route("/api/tags", methods=["GET", "HEAD"])
+async def tags(request: Request):
+    models = await asyncio.to_thread(common.store(request).list)
+    return {"models": [{"name": m.name, "model": m.name, "modified_at": common.iso(m.modified_at), "size": m.size,
+                        "digest": m.digest, "details": _details(m)} for m in models]}
+
+
+@router.get("/api/ps")
+async def ps(request: Request):
+    out = []
+    for loaded in common.scheduler(request).loaded():
+        m = loaded.model
+        expires = None if loaded.expires_at == math.inf else loaded.expires_at
+        out.append({
+            "name": m.name, "model": m.name, "size": loaded.runner.memory_bytes, "digest": m.digest,
+            "details": _details(m), "size_vram": 0, "context_length": loaded.runner.n_ctx,
+            "expires_at": "forever" if expires is None else common.iso(datetime.fromtimestamp(expires, timezone.utc)),
+            "embedding": loaded.spec.embedding, "active_requests": loaded.active, "threads": loaded.spec.num_thread,
+        })
+    return {"models": out}
+
+
+@router.post("/api/show")
+async def show(body: ShowBody, request: Request):
+    return await asyncio.to_thread(common.store(request).show, body.target)
+
+
+@router.post("/api/copy")
+async def copy(body: CopyBody, request: Request):
+    await asyncio.to_thread(common.store(request).copy, body.source, body.destination)
+    return Response(status_code=200)
+
+
+@router.delete("/api/delete")
+async def delete(body: NameBody, request: Request):
+    name = body.target
+    sched = common.scheduler(request)
+    if common.store(request).exists(name):
+        sched.unload(name)
+    await asyncio.to_thread(common.store(request).delete, name)
+    return Response(status_code=200)
+
+
+async def _respond(work, stream: bool):
+    """Run `work(progress)` in a thread and stream its progress dicts as NDJSON (or answer once at the end).
+
+    The first progress item is awaited before answering, so that work refused at once gets a 4xx status.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    finished = object()
+
+    def progress(item):
+        loop.call_soon_threadsafe(queue.put_nowait, item if isinstance(item, dict) else {"status": item})
+
+    async def worker():
+        try:
+            await asyncio.to_thread(work, progress)
+        finally:
+            queue.put_nowait(finished)
+
+    task = asyncio.create_task(worker())
+
+    async def items():
+        while (item := await queue.get()) is not finished:
+            yield item
+        await task  # re-raises the work's error
+
+    it = items()
+    first = await anext(it, None)
+    if not stream:
+        last = first
+        async for last in it:
+            pass
+        return JSONResponse(last or {"status": "success"})
+
+    async def body():
+        if first is not None:
+            yield common.ndjson(first)
+        try:
+            async for item in it:
+                yield common.ndjson(item)
+        except Exception as e:  # the status line is already sent: report the error in the stream, as Ollama does
+            yield common.ndjson({"error": getattr(e, "message", str(e))})
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")
+
+
+@router.post("/api/pull")
+async def pull(body: PullBody, request: Request):
+    name, store = body.target, common.store(request)
+    return await _respond(lambda progress: store.pull(name, progress), body.stream)
+
+
+@router.post("/api/create")
+async def create(body: CreateBody, request: Request):
+    name, store = body.target, common.store(request)
+    if body.quantize:
+        raise BadRequest("quantize is not supported by /api/create yet; create the model, then use ember's quantize")
+    if body.modelfile is not None:
+        work = lambda progress: store.create_from_modelfile(name, body.modelfile, Path.cwd(), progress)  # noqa: E731
+        return await _respond(work, body.stream)
+    spec = _create_spec(body)
+    return await _respond(lambda progress: store.create(name, spec, progress), body.stream)
+
+
+def _create_spec(body: CreateBody) -> CreateSpec:
+    files = list((body.files or {}).values())
+    if len(files) > 1:
+        raise BadRequest("files: ember takes one GGUF file per model (sharded GGUF is not supported yet)")
+    source = files[0] if files else body.from_
+    if not source:
+        raise BadRequest("either 'from' (a model name) or 'files' (a GGUF blob digest) is required")
+    license = "\n\n".join(body.license) if isinstance(body.license, list) else body.license
+    params = dict(body.parameters or {})
+    if "stop" in params and isinstance(params["stop"], str):
+        params["stop"] = [params["stop"]]
+    return CreateSpec(
+        from_=source, parameters=params, template=body.template, system=body.system, license=license,
+        adapters=list((body.adapters or {}).values()),
+        messages=[Message(m.role, m.content or "") for m in body.messages or []],
+    )
+
+
+@router.head("/api/blobs/{digest}")
+async def blob_exists(digest: str, request: Request):
+    found = common.store(request).blobs.has(normalize_digest(digest))
+    return Response(status_code=200 if found else 404)
+
+
+@router.post("/api/blobs/{digest}", status_code=201)
+async def blob_upload(digest: str, request: Request):
+    expected = normalize_digest(digest)
+    blobs = common.store(request).blobs
+    if blobs.has(expected):
+        return Response(status_code=200)
+    # Stream the body to a temp file on the event loop, then hash-and-move it in a thread.
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-upload-", dir=blobs.root)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            async for chunk in request.stream():
+                f.write(chunk)
+        await asyncio.to_thread(blobs.write_chunks, _read_chunks(tmp), expected)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return Response(status_code=201)
+
+
+def _read_chunks(path: str, size: int = 1 << 20):
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk

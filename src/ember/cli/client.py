@@ -1,0 +1,99 @@
+"""How the CLI reaches the core: through a running ember server when there is one, else in this process.
+
+Both clients yield the same things for a chat: text pieces, then one final dict of Ollama-style stats.
+"""
+
+import asyncio
+import json
+from typing import Any, Iterator
+
+import httpx
+
+from ember.config import Settings
+from ember.core.errors import EmberError
+from ember.core.options import parse_options
+from ember.core.types import Done, GenerateRequest, Message, Token
+
+
+def server_running(settings: Settings) -> bool:
+    try:
+        return httpx.get(f"{settings.base_url}/api/version", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class HttpClient:
+    def __init__(self, settings: Settings):
+        self.base = settings.base_url
+        self.http = httpx.Client(base_url=self.base, timeout=httpx.Timeout(10.0, read=None))
+
+    def request(self, method: str, path: str, **kwargs) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise EmberError(_error_text(response), status=response.status_code)
+        return response.json() if response.content else None
+
+    def chat(self, model: str, messages: list[dict], options: dict, preset: str | None = None,
+             keep_alive: str | None = None) -> Iterator[str | dict]:
+        body = {"model": model, "messages": messages, "options": options, "stream": True}
+        if preset:
+            body["preset"] = preset
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        with self.http.stream("POST", "/api/chat", json=body) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise EmberError(_error_text(response), status=response.status_code)
+            for line in response.iter_lines():
+                if not line:
+                    continue
+                item = json.loads(line)
+                if "error" in item:
+                    raise EmberError(item["error"])
+                if item.get("done"):
+                    yield item
+                else:
+                    yield item["message"]["content"]
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        err = response.json().get("error")
+        return err["message"] if isinstance(err, dict) else str(err)
+    except (ValueError, AttributeError, KeyError):
+        return f"server answered {response.status_code}: {response.text[:200]}"
+
+
+class LocalClient:
+    """Runs the scheduler in this process, on an event loop of its own that lives as long as the client."""
+
+    def __init__(self, settings: Settings):
+        from ember.runtime.scheduler import Scheduler
+        from ember.store.store import ModelStore
+
+        self.loop = asyncio.new_event_loop()
+        self.scheduler = Scheduler(settings, ModelStore(settings.models))
+
+    def chat(self, model: str, messages: list[dict], options: dict, preset: str | None = None,
+             keep_alive: str | None = None) -> Iterator[str | dict]:
+        request = GenerateRequest(model=model, messages=[Message(m["role"], m["content"]) for m in messages],
+                                  options=parse_options(options), preset=preset)
+        events = self.scheduler.generate(request)
+        try:
+            while True:
+                event = self.loop.run_until_complete(anext(events))
+                if isinstance(event, Token):
+                    yield event.text
+                elif isinstance(event, Done):
+                    yield {"done_reason": event.reason, "eval_count": event.completion_tokens,
+                           "eval_duration": event.eval_ns, "prompt_eval_count": event.prompt_tokens,
+                           "prompt_eval_duration": event.prompt_ns, "load_duration": event.load_ns,
+                           "total_duration": event.total_ns, "truncated": event.truncated,
+                           "truncated_messages": event.truncated_messages, "truncated_tokens": event.truncated_tokens}
+                    return
+        finally:
+            self.loop.run_until_complete(events.aclose())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.scheduler.close())
+        self.loop.close()

@@ -1,0 +1,225 @@
+"""The `ember` command: a thin layer over the store, the scheduler and the server."""
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ember import __version__
+from ember.cli import chat as chat_cli
+from ember.cli.client import HttpClient, server_running
+from ember.config import Settings
+from ember.core.errors import EmberError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run, serve and manage local language models.")
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _store():
+    from ember.store.store import ModelStore
+
+    return ModelStore(_settings().models)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def _ago(moment) -> str:
+    from datetime import datetime, timezone
+
+    seconds = (datetime.now(timezone.utc) - moment).total_seconds()
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return "just now"
+
+
+@app.command()
+def serve():
+    """Start the server (Ollama API on /api, OpenAI API on /v1) at EMBER_HOST (default 127.0.0.1:11434)."""
+    from ember.cli.serve import serve as run_server
+
+    run_server(_settings())
+
+
+@app.command()
+def run(
+    model: str = typer.Argument(..., help="model name, e.g. smollm2"),
+    prompt: Optional[list[str]] = typer.Argument(None, help="ask once and exit; without it, an interactive chat"),
+    preset: Optional[str] = typer.Option(None, help="balanced, creative, factual, concise or long-form"),
+    keep_alive: Optional[str] = typer.Option(None, "--keepalive", help="how long the server keeps the model loaded"),
+    verbose: bool = typer.Option(False, "--verbose", help="print timings after each answer"),
+):
+    """Chat with a model, or answer one PROMPT (also read from standard input) and exit."""
+    text = " ".join(prompt or [])
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        text = f"{text}\n\n{piped}".strip() if text else piped.strip()
+    chat_cli.run(_settings(), model, text or None, preset=preset, keep_alive=keep_alive, verbose=verbose)
+
+
+@app.command("list")
+def list_models():
+    """List the models in the store."""
+    table = Table("NAME", "ID", "SIZE", "MODIFIED", box=None, header_style="bold")
+    for m in _store().list():
+        table.add_row(m.name, m.digest[:12], _human(m.size), _ago(m.modified_at))
+    out.print(table)
+
+
+@app.command()
+def ps():
+    """List the models the running server has loaded."""
+    settings = _settings()
+    if not server_running(settings):
+        out.print(f"no ember server is running at {settings.base_url}; nothing is loaded")
+        return
+    table = Table("NAME", "ID", "SIZE", "CONTEXT", "THREADS", "UNTIL", box=None, header_style="bold")
+    for m in HttpClient(settings).request("GET", "/api/ps")["models"]:
+        name = m["name"] + (" (embeddings)" if m.get("embedding") else "")
+        table.add_row(name, m["digest"][:12], _human(m["size"]), str(m["context_length"]), str(m.get("threads", "")),
+                      m["expires_at"])
+    out.print(table)
+
+
+@app.command()
+def stop(model: str):
+    """Unload a model from the running server."""
+    settings = _settings()
+    if not server_running(settings):
+        out.print(f"no ember server is running at {settings.base_url}; nothing to stop")
+        return
+    HttpClient(settings).request("POST", "/api/generate", json={"model": model, "keep_alive": 0})
+    out.print(f"stopped {model}")
+
+
+@app.command()
+def show(
+    model: str,
+    modelfile: bool = typer.Option(False, "--modelfile", help="only the Modelfile"),
+    parameters: bool = typer.Option(False, "--parameters", help="only the parameters"),
+    template: bool = typer.Option(False, "--template", help="only the chat template"),
+    system: bool = typer.Option(False, "--system", help="only the system prompt"),
+    license: bool = typer.Option(False, "--license", help="only the license"),
+):
+    """Show a model's details, parameters, template, system prompt and license."""
+    info = _store().show(model)
+    for flag, key in ((modelfile, "modelfile"), (parameters, "parameters"), (template, "template"),
+                      (system, "system"), (license, "license")):
+        if flag:
+            out.print(info.get(key) or "", markup=False, highlight=False)
+            return
+    details, model_info = info["details"], info.get("model_info", {})
+    arch = details.get("family", "")
+    table = Table(box=None, show_header=False)
+    for label, value in (("architecture", arch), ("parameters", details.get("parameter_size")),
+                         ("context length", model_info.get(f"{arch}.context_length")),
+                         ("embedding length", model_info.get(f"{arch}.embedding_length")),
+                         ("quantization", details.get("quantization_level")),
+                         ("capabilities", ", ".join(info.get("capabilities", [])))):
+        table.add_row(f"  {label}", str(value))
+    out.print("[bold]Model[/bold]")
+    out.print(table)
+    for title, key in (("Parameters", "parameters"), ("System", "system"), ("License", "license")):
+        if info.get(key):
+            out.print(f"\n[bold]{title}[/bold]")
+            text = info[key].strip()
+            lines = text.splitlines()
+            out.print("\n".join("  " + line for line in lines[:6]) + ("\n  …" if len(lines) > 6 else ""),
+                      markup=False, highlight=False)
+
+
+@app.command()
+def pull(model: str, quiet: bool = typer.Option(False, "--quiet", help="no progress bar")):
+    """Install a model from the catalog of bundled models (nothing is downloaded)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    store = _store()
+    if quiet:
+        store.pull(model)
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(item: dict):
+            digest = item.get("digest")
+            if digest and item.get("total"):
+                if digest not in tasks:
+                    tasks[digest] = bar.add_task(f"pulling {digest[7:19]}", total=item["total"])
+                bar.update(tasks[digest], completed=item.get("completed", 0))
+            else:
+                bar.console.print(item.get("status", ""))
+
+        store.pull(model, progress)
+
+
+@app.command()
+def create(model: str, file: Path = typer.Option(Path("Modelfile"), "-f", "--file", help="the Modelfile")):
+    """Create a model from a Modelfile."""
+    if not file.is_file():
+        raise EmberError(f"no Modelfile at {file}; pass one with -f PATH")
+    _store().create_from_modelfile(model, file.read_text(encoding="utf-8"), file.resolve().parent,
+                                   lambda status: err.print(status if isinstance(status, str) else status["status"]))
+
+
+@app.command()
+def cp(source: str, destination: str):
+    """Copy a model under a new name (no data is duplicated)."""
+    _store().copy(source, destination)
+    out.print(f"copied '{source}' to '{destination}'")
+
+
+@app.command()
+def rm(models: list[str]):
+    """Remove models; their files go when no other model uses them."""
+    store = _store()
+    for model in models:
+        store.delete(model)
+        out.print(f"deleted '{model}'")
+
+
+@app.command()
+def export(model: str, directory: Path):
+    """Write a model's GGUF (and adapter, and a Modelfile) under readable names, for use with other tools."""
+    for path in _store().export(model, directory):
+        out.print(str(path))
+
+
+@app.command()
+def version():
+    """Print ember's version."""
+    out.print(f"ember {__version__}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except EmberError as e:
+        err.print(f"[red]Error:[/red] {e.message}", highlight=False)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,70 @@
+"""Settings read from the environment, with the same meanings as Ollama's OLLAMA_* variables."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11434
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a whole number") from None
+
+
+def parse_host(raw: str | None) -> tuple[str, int]:
+    """EMBER_HOST accepts 'host', 'host:port', ':port' or 'http://host:port', as OLLAMA_HOST does."""
+    raw = (raw or "").strip()
+    if not raw:
+        return DEFAULT_HOST, DEFAULT_PORT
+    for scheme in ("http://", "https://"):
+        if raw.startswith(scheme):
+            raw = raw[len(scheme):]
+    raw = raw.rstrip("/")
+    host, sep, port = raw.rpartition(":")
+    if not sep:
+        return raw, DEFAULT_PORT
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise SystemExit(f"EMBER_HOST={raw!r}: the port must be a number from 1 to 65535")
+    return (host.strip("[]") or DEFAULT_HOST), int(port)
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    models: Path
+    host: str
+    port: int
+    context_length: int
+    max_queue: int
+    max_loaded_models: int
+    keep_alive: str
+    max_body_bytes: int
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        home = Path(os.environ.get("EMBER_HOME") or Path.home() / ".ember").expanduser()
+        models = Path(os.environ.get("EMBER_MODELS") or home / "models").expanduser()
+        host, port = parse_host(os.environ.get("EMBER_HOST"))
+        return cls(
+            home=home,
+            models=models,
+            host=host,
+            port=port,
+            context_length=_int_env("EMBER_CONTEXT_LENGTH", 4096),
+            max_queue=_int_env("EMBER_MAX_QUEUE", 512),
+            max_loaded_models=_int_env("EMBER_MAX_LOADED_MODELS", 3),
+            keep_alive=os.environ.get("EMBER_KEEP_ALIVE", "5m"),
+            max_body_bytes=_int_env("EMBER_MAX_BODY_BYTES", 32 * 1024 * 1024),
+        )

@@ -1,0 +1,111 @@
+"""The one internal request and the events it produces; both API dialects and the CLI translate to and from these."""
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ember.core.options import Options
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+    id: str = ""
+
+
+@dataclass
+class Message:
+    role: Role
+    content: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_name: str | None = None
+    images: list[str] = field(default_factory=list)
+
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates (Hugging Face convention) expect it."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in self.tool_calls
+            ]
+        if self.tool_name:
+            out["name"] = self.tool_name
+        return out
+
+
+@dataclass
+class GenerateRequest:
+    """A chat (messages) or a completion (prompt); `format` is None, "json" or a JSON schema."""
+
+    model: str
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    system: str | None = None
+    template: str | None = None  # a per-request Jinja template override (Ollama's /api/generate `template`)
+    suffix: str | None = None
+    raw: bool = False
+    options: Options = field(default_factory=Options)
+    preset: str | None = None
+    format: str | dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # "auto", "none", "required" or {"function": {"name": ...}}
+    keep_alive: float | None = None  # seconds; None = server default, <0 = forever, 0 = unload after
+    stream: bool = True
+    logprobs: bool = False
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+
+@dataclass
+class EmbedRequest:
+    model: str
+    inputs: list[str]
+    options: Options = field(default_factory=Options)
+    keep_alive: float | None = None
+    normalize: bool = True
+    truncate: bool = True
+
+
+@dataclass
+class Token:
+    """A piece of the answer's text (possibly several tokens once stop strings are resolved)."""
+
+    text: str
+
+
+@dataclass
+class Done:
+    """The last event of every generation: why it stopped, what it made, and how long each part took (ns)."""
+
+    reason: Literal["stop", "length", "tool_calls", "cancelled"]
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    load_ns: int = 0
+    prompt_ns: int = 0
+    eval_ns: int = 0
+    total_ns: int = 0
+    truncated_messages: int = 0
+    truncated_tokens: int = 0
+
+    @property
+    def truncated(self) -> bool:
+        return self.truncated_messages > 0
+
+
+Event = Token | Done
+
+
+@dataclass
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
+    load_ns: int = 0
+    total_ns: int = 0
