@@ -57,9 +57,10 @@ def test_queue_limit_gives_503_with_retry_after(make_server):
     srv = make_server(EMBER_MAX_QUEUE="1")
     body = {"model": "smollm2", "prompt": "numbers", "format": LONG, "options": {"num_predict": 400}}
     with httpx.Client(base_url=srv.url, timeout=60) as api, api.stream("POST", "/api/generate", json=body) as first:
-        next(first.iter_lines())  # the first request is generating
+        lines = first.iter_lines()  # kept referenced: a dropped iterator closes the stream
+        assert "response" in next(lines)  # the first request is generating
         r = api.post("/api/generate", json={"model": "smollm2", "prompt": "hi"})
-        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", srv.log_text()
         assert "EMBER_MAX_QUEUE" in r.json()["error"]
         r = api.post("/v1/chat/completions", json={"model": "smollm2", "messages": [{"role": "user", "content": "x"}]})
         assert r.status_code == 503 and "retry" in r.json()["error"]["message"]

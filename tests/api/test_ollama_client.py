@@ -101,7 +101,7 @@ def test_create_copy_delete(client):
     client.create(model="terse", from_="smollm2", system="Answer in one word.",
                   parameters={"temperature": 0, "num_predict": 8})
     shown = client.show("terse")
-    assert shown.system == "Answer in one word." and "num_predict" in shown.parameters
+    assert "Answer in one word." in shown.modelfile and "num_predict" in shown.parameters
     reply = client.chat(model="terse", messages=[{"role": "user", "content": "Color of the sky?"}])
     assert reply.eval_count <= 8
     client.copy("terse", "terse-copy")

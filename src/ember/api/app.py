@@ -1,10 +1,9 @@
 """The HTTP server: one app that speaks both the Ollama (/api) and OpenAI (/v1) dialects over one scheduler."""
 
-import json
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
 
 from ember import __version__
 from ember.api import errors, ollama, openai
@@ -30,7 +29,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(scope, send)
+            return await self._refuse(scope, receive, send)
         seen = 0
 
         async def counting_receive():
@@ -39,28 +38,32 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    # Raised inside the app's body read, so the app's own error handler answers 413.
+                    raise HTTPException(413, self.message)
             return message
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
-            await self._refuse(scope, send)
+        await self.app(scope, counting_receive, send)
 
-    async def _refuse(self, scope, send):
-        message = f"request body is larger than {self.max_bytes} bytes (EMBER_MAX_BODY_BYTES)"
-        if scope["path"].startswith("/v1/"):
-            body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
-        else:
-            body = {"error": message}
-        payload = json.dumps(body).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+    @property
+    def message(self) -> str:
+        return f"request body is larger than {self.max_bytes} bytes (EMBER_MAX_BODY_BYTES)"
+
+    async def _refuse(self, scope, receive, send):
+        await errors.error_response(Request(scope), 413, self.message)(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class JsonBodies:
+    """Reads every API body as JSON whatever its Content-Type: `curl -d '{...}'` sends form-encoding, and Ollama
+    accepts it anyway, so scripts written for Ollama must work here too."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and not scope["path"].startswith(UNCAPPED_PREFIXES):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, store: ModelStore | None = None) -> FastAPI:
@@ -82,4 +85,5 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
     app.include_router(ollama.router)
     app.include_router(openai.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(JsonBodies)
     return app

@@ -58,7 +58,7 @@ async def collect(first: Event, events: AsyncIterator[Event]) -> list[Event]:
 
 
 def ndjson(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False) + "\n"
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
 def no_images(images: list[str] | None, model: str) -> None:

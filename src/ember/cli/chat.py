@@ -10,7 +10,7 @@ from ember.config import Settings
 from ember.core.errors import EmberError
 from ember.core.options import parse_options
 
-err = Console(stderr=True)
+err = Console(stderr=True, highlight=False)
 
 HELP = """Commands:
   /set parameter NAME VALUE   set an option (temperature, top_k, num_ctx, stop, …)

@@ -16,7 +16,7 @@ from ember.core.errors import EmberError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run, serve and manage local language models.")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, highlight=False)
 
 
 def _settings() -> Settings:
@@ -156,11 +156,11 @@ def pull(model: str, quiet: bool = typer.Option(False, "--quiet", help="no progr
         tasks: dict[str, int] = {}
 
         def progress(item: dict):
-            digest = item.get("digest")
-            if digest and item.get("total"):
-                if digest not in tasks:
-                    tasks[digest] = bar.add_task(f"pulling {digest[7:19]}", total=item["total"])
-                bar.update(tasks[digest], completed=item.get("completed", 0))
+            if item.get("total"):
+                key = item.get("digest") or item["status"]
+                if key not in tasks:
+                    tasks[key] = bar.add_task(item["status"], total=item["total"])
+                bar.update(tasks[key], completed=item.get("completed", 0))
             else:
                 bar.console.print(item.get("status", ""))
 
