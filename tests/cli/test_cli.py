@@ -85,12 +85,13 @@ def test_pull_known_and_unknown(ember_home):
     assert result.returncode == 1 and "smollm2" in result.stderr
 
 
-def test_ps_and_stop(ember_home, server):
+def test_ps_and_stop(ember_home, server, short):
     assert "nothing is loaded" in ember(ember_home, "ps").stdout
-    ember(ember_home, "run", "smollm2", "hi", "--keepalive", "-1", port=server.port)
-    assert "smollm2:latest" in ember(ember_home, "ps", port=server.port).stdout
-    assert ember(ember_home, "stop", "smollm2", port=server.port).returncode == 0
-    assert "smollm2:latest" not in ember(ember_home, "ps", port=server.port).stdout
+    assert ember(ember_home, "run", short, "hi", "--keepalive", "-1", port=server.port).returncode == 0
+    listing = ember(ember_home, "ps", port=server.port).stdout
+    assert "short:latest" in listing and "forever" in listing
+    assert ember(ember_home, "stop", short, port=server.port).returncode == 0
+    assert "short:latest" not in ember(ember_home, "ps", port=server.port).stdout
 
 
 def test_serve_on_a_busy_port(ember_home, server):

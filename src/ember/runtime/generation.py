@@ -5,13 +5,12 @@ Runs on the runner's worker thread and hands events to `emit`; knows nothing of 
 
 import json
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from ember.core import templates
-from ember.core.context import answer_reserve, fit_messages, too_long
+from ember.core.context import Fitted, answer_reserve, fit_messages, too_long
 from ember.core.errors import BadRequest
 from ember.core.options import Options
 from ember.core.textstream import TextStream
@@ -19,13 +18,6 @@ from ember.core.tools import forced_call_schema, parse_tool_calls, tool_names
 from ember.core.types import Done, Event, GenerateRequest, Message, Token
 from ember.engines.base import Runner, Sampling
 from ember.store.store import Model
-
-
-@dataclass
-class Prompt:
-    tokens: list[int]
-    dropped_messages: int = 0
-    dropped_tokens: int = 0
 
 
 def chat_template(model: Model, request: GenerateRequest) -> str:
@@ -44,7 +36,7 @@ def conversation(model: Model, request: GenerateRequest) -> list[Message]:
     return head + messages
 
 
-def build_prompt(runner: Runner, model: Model, request: GenerateRequest, options: Options) -> Prompt:
+def build_prompt(runner: Runner, model: Model, request: GenerateRequest, options: Options) -> Fitted:
     reserve = answer_reserve(runner.n_ctx, options.num_predict)
     budget = runner.n_ctx - reserve
 
@@ -55,7 +47,7 @@ def build_prompt(runner: Runner, model: Model, request: GenerateRequest, options
         tokens = runner.tokenize(request.prompt or "")
         if len(tokens) > budget:
             raise refuse(len(tokens))
-        return Prompt(tokens)
+        return Fitted(tokens)
     source = chat_template(model, request)
     if request.tools and not templates.supports_tools(source):
         raise BadRequest(f"{model.name} does not support tools: its chat template has no place for them")
@@ -66,8 +58,7 @@ def build_prompt(runner: Runner, model: Model, request: GenerateRequest, options
                                 bos_token=info.bos_token or "", eos_token=info.eos_token or "")
         return runner.tokenize(text)
 
-    fitted = fit_messages(conversation(model, request), encode, budget, refuse)
-    return Prompt(fitted.tokens, fitted.dropped_messages, fitted.dropped_tokens)
+    return fit_messages(conversation(model, request), encode, budget, refuse)
 
 
 def grammar_for(request: GenerateRequest) -> str | None:

@@ -180,6 +180,7 @@ class ModelStore:
             raise BadRequest(f"{source} is a LoRA adapter; use it with ADAPTER on top of a FROM model")
 
     def create(self, raw_name: str, spec: CreateSpec, progress: Progress | None = None) -> Model:
+        """Checks everything before the first progress report, so that an API caller can still answer 4xx."""
         name = parse_name(raw_name)
         parent = None
         if spec.from_.startswith("sha256") or Path(spec.from_).is_absolute():
@@ -229,7 +230,6 @@ class ModelStore:
     def create_from_modelfile(self, raw_name: str, text: str, base_dir: Path, progress: Progress | None = None) -> Model:
         parse_name(raw_name)
         parsed = parse_modelfile(text, base_dir)
-        _notify(progress, "parsing modelfile")
         spec = CreateSpec(from_=parsed.from_, parameters=parsed.parameters, template=parsed.template,
                           system=parsed.system, license=parsed.license, adapters=parsed.adapters,
                           messages=[Message(role, content) for role, content in parsed.messages])
