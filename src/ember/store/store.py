@@ -151,7 +151,9 @@ class ModelStore:
         manifest = {"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
                     "config": {"mediaType": CONFIG_TYPE, "digest": config["digest"], "size": config["size"]},
                     "layers": layers}
-        atomic_write_bytes(self._manifest_path(name), _json(manifest))
+        path, data = self._manifest_path(name), _json(manifest)
+        if not (path.is_file() and path.read_bytes() == data):  # pulling again changes nothing, not even the date
+            atomic_write_bytes(path, data)
 
     def _layer(self, data: bytes, kind: str | None) -> dict[str, Any]:
         digest = self.blobs.write_bytes(data)
@@ -278,9 +280,14 @@ class ModelStore:
         source = bundled.bundled_gguf(entry)
         _notify(progress, {"status": "pulling manifest"})
         total = source.stat().st_size
+        with open(source, "rb") as f:
+            digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
         with self._writing():
-            digest = self.blobs.import_file(source, lambda done, total: _notify(progress, {
-                "status": f"pulling {entry.filename}", "digest": "", "total": total, "completed": done}))
+            if not self.blobs.has(digest):
+                copied = self.blobs.import_file(source, lambda done, total: _notify(progress, {
+                    "status": f"pulling {digest[7:19]}", "digest": digest, "total": total, "completed": done}))
+                if copied != digest:
+                    raise BadRequest(f"{source} changed while it was being copied; pull again")
             _notify(progress, {"status": f"pulling {digest[7:19]}", "digest": digest, "total": total,
                                "completed": total})
             _notify(progress, {"status": "verifying sha256 digest"})
