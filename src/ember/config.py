@@ -44,6 +44,7 @@ class Settings:
     context_length: int
     max_queue: int
     max_loaded_models: int
+    num_parallel: int  # 0: chosen per model from free memory and num_ctx
     keep_alive: str
     max_body_bytes: int
 
@@ -65,6 +66,7 @@ class Settings:
             context_length=_int_env("EMBER_CONTEXT_LENGTH", 4096),
             max_queue=_int_env("EMBER_MAX_QUEUE", 512),
             max_loaded_models=_int_env("EMBER_MAX_LOADED_MODELS", 3),
+            num_parallel=_int_env("EMBER_NUM_PARALLEL", 0),
             keep_alive=os.environ.get("EMBER_KEEP_ALIVE", "5m"),
             max_body_bytes=_int_env("EMBER_MAX_BODY_BYTES", 32 * 1024 * 1024),
         )

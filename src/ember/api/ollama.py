@@ -279,6 +279,7 @@ async def ps(request: Request):
             "details": _details(m), "size_vram": 0, "context_length": loaded.runner.n_ctx,
             "expires_at": "forever" if expires is None else common.iso(datetime.fromtimestamp(expires, timezone.utc)),
             "embedding": loaded.spec.embedding, "active_requests": loaded.active, "threads": loaded.spec.num_thread,
+            "slots": getattr(loaded.runner, "slots", 1), "slots_busy": getattr(loaded.runner, "busy_slots", 0),
         })
     return {"models": out}
 

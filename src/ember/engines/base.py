@@ -1,13 +1,13 @@
-"""What the runtime needs from an engine: load a model, tokenize, generate token by token, embed.
+"""What the runtime needs from an engine: a runner per loaded model that tokenizes, runs sequences, and embeds.
 
-A runner holds one loaded model. Today it decodes one sequence at a time; the batching runner (several
-sequences in one llama.cpp context) will implement the same methods.
+A generating runner holds several sequences at once (slots) and decodes them together; each sequence reports back
+through the three calls of `Sequence`, on the runner's own thread.
 """
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from ember.core.options import Options
 
@@ -16,25 +16,33 @@ from ember.core.options import Options
 class LoadSpec:
     model_path: Path
     adapter_paths: tuple[Path, ...] = ()
-    num_ctx: int = 4096
+    num_ctx: int = 4096  # per sequence
     num_batch: int = 512
     num_thread: int = 2
+    num_parallel: int = 1  # sequences decoded together
     embedding: bool = False
 
 
-@dataclass
-class Sampling:
-    """Options resolved for one request, plus a compiled grammar (GBNF text) when output is constrained."""
-
+class Sequence(Protocol):
+    tokens: list[int]  # the prompt
     options: Options
-    grammar: str | None = None
-    max_tokens: int = 0  # hard cap from the context window; 0 = no cap
-    cancel: threading.Event = field(default_factory=threading.Event)
+    grammar: str | None  # GBNF; the runner samples only what it admits
+    max_tokens: int
+    cancel: threading.Event
+
+    def started(self, cached: int) -> None:
+        """The sequence has a slot; `cached` prompt tokens were already in it and are not decoded again."""
+
+    def token(self, token: int) -> bool:
+        """A sampled token (never end-of-generation). Return False to end the sequence here."""
+
+    def ended(self, reason: str, error: BaseException | None = None) -> None:
+        """Called once: reason is "stop", "length", "cancelled" or "error"."""
 
 
 class Runner(Protocol):
     spec: LoadSpec
-    n_ctx: int
+    n_ctx: int  # per sequence
     n_ctx_train: int
     memory_bytes: int
 
@@ -42,11 +50,7 @@ class Runner(Protocol):
 
     def token_bytes(self, token: int) -> bytes: ...
 
-    def generate(self, tokens: list[int], sampling: Sampling) -> Iterator[int]:
-        """Yield sampled token ids until end-of-generation, the cap, or cancel. Prompt reuse is the runner's affair."""
-        ...
-
-    def cached_prefix(self, tokens: list[int]) -> int: ...
+    def submit(self, sequence: Sequence) -> None: ...
 
     def embed(self, token_lists: list[list[int]]) -> list[list[float]]: ...
 

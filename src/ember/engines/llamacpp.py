@@ -1,16 +1,26 @@
-"""llama.cpp through llama-cpp-python: the default engine for GGUF models on CPU and GPU."""
+"""llama.cpp through llama-cpp-python: the default engine for GGUF models on CPU and GPU.
 
+`LlamaCppRunner` keeps several sequences (slots) in one llama.cpp context and advances them together: every step is one
+`llama_decode` holding the next token of each generating sequence plus a chunk of any prompt being read. Sampling
+runs in llama.cpp's own sampler chain per slot, so Python never touches the vocabulary. A slot keeps its KV cache
+after a request ends, and a new request goes to the slot that already holds the longest start of its prompt.
+"""
+
+import collections
 import ctypes
 import logging
 import os
 import random
-from typing import Iterator
+import threading
+import time
+from dataclasses import dataclass, field
 
 import llama_cpp
-from llama_cpp import Llama, LlamaGrammar
+from llama_cpp import Llama
+from llama_cpp import _internals as internals
 
 from ember.core.errors import BadRequest
-from ember.engines.base import LoadSpec, Sampling
+from ember.engines.base import LoadSpec, Sequence
 
 log = logging.getLogger("ember.engine")
 
@@ -18,10 +28,6 @@ log = logging.getLogger("ember.engine")
 def default_threads() -> int:
     # Generation is memory-bound: one thread per core, as llama.cpp's own default does.
     return max(1, len(os.sched_getaffinity(0)))
-
-
-def compile_grammar(gbnf: str) -> LlamaGrammar:
-    return LlamaGrammar.from_string(gbnf, verbose=False)
 
 
 def _piece(vocab, token: int) -> bytes:
@@ -34,39 +40,18 @@ def _piece(vocab, token: int) -> bytes:
     return buf.raw[:n]
 
 
-class LlamaCppRunner:
-    """One GGUF model in one llama.cpp context, decoding one sequence at a time.
+class _Vocabulary:
+    """Tokenizing and detokenizing, shared by both runners (llama.cpp's vocabulary is read-only, so thread-safe)."""
 
-    Not thread-safe: the scheduler gives each runner a single worker thread.
-    """
-
-    def __init__(self, spec: LoadSpec):
-        if len(spec.adapter_paths) > 1:
-            raise BadRequest("ember applies one LoRA adapter per model; this model lists several")
-        self.spec = spec
-        kwargs = {}
-        if spec.embedding:
-            kwargs = dict(embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, n_seq_max=16,
-                          n_ubatch=spec.num_ctx)
-        self.llm = Llama(
-            model_path=str(spec.model_path),
-            n_ctx=spec.num_ctx,
-            n_batch=min(spec.num_batch, spec.num_ctx) if not spec.embedding else spec.num_ctx,
-            n_threads=spec.num_thread,
-            n_threads_batch=spec.num_thread,
-            lora_path=str(spec.adapter_paths[0]) if spec.adapter_paths else None,
-            verbose=False,
-            **kwargs,
-        )
-        self.n_ctx = self.llm.n_ctx()
-        self.n_ctx_train = self.llm._model.n_ctx_train()
-        self._vocab = self.llm._model.vocab
-        self._bos = self.llm.token_bos()
+    def _init_vocab(self, model: internals.LlamaModel) -> None:
+        self._model = model
+        self._vocab = model.vocab
+        self._bos = model.token_bos()
         self._pieces: dict[int, bytes] = {}
-        self.memory_bytes = self.llm._model.size() + llama_cpp.llama_state_get_size(self.llm.ctx)
+        self.n_ctx_train = model.n_ctx_train()
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=special)
+        tokens = self._model.tokenize(text.encode("utf-8"), add_bos=True, special=special)
         # A template that writes the BOS text itself plus llama.cpp's automatic BOS would give two.
         if len(tokens) >= 2 and tokens[0] == tokens[1] == self._bos:
             tokens = tokens[1:]
@@ -78,46 +63,277 @@ class LlamaCppRunner:
             piece = self._pieces[token] = _piece(self._vocab, token)
         return piece
 
-    def is_end(self, token: int) -> bool:
-        return llama_cpp.llama_vocab_is_eog(self._vocab, token)
 
-    def cached_prefix(self, tokens: list[int]) -> int:
-        """How many leading tokens of `tokens` are already in the KV cache from the previous request."""
-        n = 0
-        for a, b in zip(self.llm._input_ids, tokens):
-            if a != b:
-                break
+@dataclass
+class _Slot:
+    id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV this slot's sequence holds
+    seq: Sequence | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to decode
+    last: int = -1  # the latest sampled token, decoded at the next step
+    produced: int = 0
+    sampler: object = None
+    last_used: float = 0.0
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class LlamaCppRunner(_Vocabulary):
+    def __init__(self, spec: LoadSpec):
+        if len(spec.adapter_paths) > 1:
+            raise BadRequest("ember applies one LoRA adapter per model; this model lists several")
+        self.spec = spec
+        mparams = llama_cpp.llama_model_default_params()
+        self._model_handle = internals.LlamaModel(path_model=str(spec.model_path), params=mparams, verbose=False)
+        self._init_vocab(self._model_handle)
+        cparams = llama_cpp.llama_context_default_params()
+        n_slots = max(1, spec.num_parallel)
+        cparams.n_ctx = spec.num_ctx * n_slots
+        cparams.n_seq_max = n_slots
+        cparams.kv_unified = False  # each slot gets its own num_ctx, so one long chat cannot starve the others
+        cparams.n_batch = cparams.n_ubatch = spec.num_batch
+        cparams.n_threads = cparams.n_threads_batch = spec.num_thread
+        cparams.no_perf = True
+        self._ctx_handle = internals.LlamaContext(model=self._model_handle, params=cparams, verbose=False)
+        self._ctx = self._ctx_handle.ctx
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._adapter = None
+        if spec.adapter_paths:
+            self._apply_adapter(spec.adapter_paths[0])
+        self.n_ctx = llama_cpp.llama_n_ctx_seq(self._ctx)
+        self.n_vocab = self._model_handle.n_vocab()
+        model = self._model_handle.model
+        n_layer, n_embd = llama_cpp.llama_model_n_layer(model), llama_cpp.llama_model_n_embd(model)
+        kv_width = n_embd * llama_cpp.llama_model_n_head_kv(model) // max(1, llama_cpp.llama_model_n_head(model))
+        self.memory_bytes = self._model_handle.size() + 2 * 2 * n_layer * kv_width * cparams.n_ctx  # f16 K and V
+        self._batch = llama_cpp.llama_batch_init(spec.num_batch, 0, 1)
+        self._slots = [_Slot(i) for i in range(n_slots)]
+        self._incoming: collections.deque[Sequence] = collections.deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="ember-decode", daemon=True)
+        self._thread.start()
+
+    def _apply_adapter(self, path) -> None:
+        adapter = llama_cpp.llama_adapter_lora_init(self._model_handle.model, str(path).encode())
+        if adapter is None:
+            raise BadRequest(f"llama.cpp could not load the LoRA adapter {path}")
+        self._adapter = adapter
+        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+        scales = (ctypes.c_float * 1)(1.0)
+        if llama_cpp.llama_set_adapters_lora(self._ctx, adapters, 1, scales):
+            raise BadRequest(f"llama.cpp could not apply the LoRA adapter {path} to this model")
+
+    # -- the public side ---------------------------------------------------------------------------------------
+
+    @property
+    def slots(self) -> int:
+        return len(self._slots)
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(1 for s in self._slots if s.seq)
+
+    def submit(self, sequence: Sequence) -> None:
+        with self._wake:
+            self._incoming.append(sequence)
+            self._wake.notify()
+
+    def embed(self, token_lists):
+        raise BadRequest("this runner generates; embeddings use a runner loaded for them")
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+        for slot in self._slots:
+            if slot.seq:
+                slot.seq.ended("cancelled")
+            self._free_sampler(slot)
+        for seq in self._incoming:
+            seq.ended("cancelled")
+        llama_cpp.llama_batch_free(self._batch)
+        self._ctx_handle.close()
+        if self._adapter is not None:
+            llama_cpp.llama_adapter_lora_free(self._adapter)
+        self._model_handle.close()
+
+    # -- the decode thread -------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._incoming and not any(s.seq for s in self._slots):
+                    self._wake.wait()
+                if self._closed:
+                    return
+                self._admit()
+            try:
+                self._step()
+            except Exception as e:  # a failed decode ends the sequences in it, not the server
+                log.exception("decode step failed")
+                for slot in self._slots:
+                    if slot.seq:
+                        self._finish(slot, "error", e)
+
+    def _admit(self) -> None:
+        while self._incoming:
+            free = [s for s in self._slots if s.seq is None]
+            if not free:
+                return
+            seq = self._incoming.popleft()
+            if seq.cancel.is_set():
+                seq.ended("cancelled")
+                continue
+            try:
+                sampler = self._sampler(seq)
+            except BadRequest as e:
+                seq.ended("error", e)
+                continue
+            # The slot that already holds the longest start of this prompt; among equals, the least recently used.
+            slot = max(free, key=lambda s: (_common_prefix(s.cached, seq.tokens), -s.last_used))
+            reuse = min(_common_prefix(slot.cached, seq.tokens), len(seq.tokens) - 1)
+            llama_cpp.llama_memory_seq_rm(self._mem, slot.id, reuse, -1)
+            slot.cached = slot.cached[:reuse]
+            slot.pending = list(seq.tokens[reuse:])
+            slot.seq, slot.produced, slot.last, slot.sampler = seq, 0, -1, sampler
+            seq.started(reuse)
+
+    def _sampler(self, seq: Sequence):
+        o = seq.options
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = lambda s: llama_cpp.llama_sampler_chain_add(chain, s)  # noqa: E731
+        last_n = self.n_ctx if o.repeat_last_n == -1 else o.repeat_last_n
+        add(llama_cpp.llama_sampler_init_penalties(self.n_vocab, last_n, o.repeat_penalty, o.frequency_penalty,
+                                                   o.presence_penalty))
+        if seq.grammar:
+            grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, seq.grammar.encode(), b"root")
+            if not grammar:
+                llama_cpp.llama_sampler_free(chain)
+                raise BadRequest("llama.cpp could not compile the output grammar")
+            add(grammar)
+        seed = o.seed if o.seed is not None and o.seed >= 0 else random.randrange(2**31)
+        if o.temperature <= 0:
+            add(llama_cpp.llama_sampler_init_greedy())
+        elif o.mirostat == 1:
+            add(llama_cpp.llama_sampler_init_temp(o.temperature))
+            add(llama_cpp.llama_sampler_init_mirostat(self.n_vocab, seed, o.mirostat_tau, o.mirostat_eta, 100))
+        elif o.mirostat == 2:
+            add(llama_cpp.llama_sampler_init_temp(o.temperature))
+            add(llama_cpp.llama_sampler_init_mirostat_v2(seed, o.mirostat_tau, o.mirostat_eta))
+        else:
+            add(llama_cpp.llama_sampler_init_top_k(o.top_k))
+            add(llama_cpp.llama_sampler_init_typical(o.typical_p, 1))
+            add(llama_cpp.llama_sampler_init_top_p(o.top_p, 1))
+            add(llama_cpp.llama_sampler_init_min_p(o.min_p, 1))
+            add(llama_cpp.llama_sampler_init_temp(o.temperature))
+            add(llama_cpp.llama_sampler_init_dist(seed))
+        # Repetition penalties look back over the prompt too, as in Ollama and llama.cpp's server.
+        penalties = llama_cpp.llama_sampler_chain_get(chain, 0)
+        for token in seq.tokens[-last_n:] if last_n > 0 else []:
+            llama_cpp.llama_sampler_accept(penalties, token)
+        return chain
+
+    def _free_sampler(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            llama_cpp.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+
+    def _finish(self, slot: _Slot, reason: str, error: BaseException | None = None) -> None:
+        seq, slot.seq = slot.seq, None
+        slot.pending = []
+        slot.last_used = time.monotonic()
+        self._free_sampler(slot)
+        if reason == "error":
+            slot.cached = []
+            llama_cpp.llama_memory_seq_rm(self._mem, slot.id, 0, -1)
+        seq.ended(reason, error)
+
+    def _step(self) -> None:
+        batch, n = self._batch, 0
+        sample_at: list[tuple[_Slot, int]] = []
+        fed: list[tuple[_Slot, list[int]]] = []
+
+        def put(slot: _Slot, token: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = len(slot.cached)
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = slot.id
+            batch.logits[n] = logits
+            if logits:
+                sample_at.append((slot, n))
+            slot.cached.append(token)
             n += 1
-        return n
 
-    def generate(self, tokens: list[int], sampling: Sampling) -> Iterator[int]:
-        o = sampling.options
-        self.llm.last_n_tokens_size = self.n_ctx if o.repeat_last_n == -1 else o.repeat_last_n
-        self.llm.set_seed(o.seed if o.seed is not None and o.seed >= 0 else random.randrange(2**31))
-        grammar = compile_grammar(sampling.grammar) if sampling.grammar else None
-        produced = 0
-        for token in self.llm.generate(
-            tokens,
-            temp=o.temperature, top_k=o.top_k, top_p=o.top_p, min_p=o.min_p, typical_p=o.typical_p,
-            repeat_penalty=o.repeat_penalty, frequency_penalty=o.frequency_penalty,
-            presence_penalty=o.presence_penalty, mirostat_mode=o.mirostat, mirostat_tau=o.mirostat_tau,
-            mirostat_eta=o.mirostat_eta, grammar=grammar,
-        ):
-            if self.is_end(token) or sampling.cancel.is_set():
-                return
-            yield token
-            produced += 1
-            if sampling.max_tokens and produced >= sampling.max_tokens:
-                return
+        for slot in self._slots:
+            if slot.seq and slot.seq.cancel.is_set():
+                self._finish(slot, "cancelled")
+        generating = [s for s in self._slots if s.seq and not s.pending]
+        for slot in generating:
+            put(slot, slot.last, True)
+        # Prompts are read in chunks between the others' tokens. While others generate, a step reads about as
+        # many prompt tokens as it generates, which keeps their pace at roughly half or better.
+        room = self.spec.num_batch - n
+        share = room if not generating else max(16, 2 * len(generating))
+        for slot in sorted((s for s in self._slots if s.seq and s.pending), key=lambda s: s.last_used):
+            take = min(len(slot.pending), room, share)
+            if take <= 0:
+                break
+            chunk, slot.pending = slot.pending[:take], slot.pending[take:]
+            for i, token in enumerate(chunk):
+                put(slot, token, not slot.pending and i == take - 1)
+            room, share = room - take, share - take
+        if n == 0:
+            return
+        batch.n_tokens = n
+        status = llama_cpp.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status}")
+        for slot, index in sample_at:
+            token = llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, index)
+            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                self._finish(slot, "stop")
+                continue
+            slot.last = token
+            slot.produced += 1
+            if not slot.seq.token(token):
+                self._finish(slot, "stop")
+            elif slot.produced >= slot.seq.max_tokens:
+                self._finish(slot, "length")
+
+
+class LlamaCppEmbedder(_Vocabulary):
+    """A model loaded for embeddings: mean-pooled, several inputs per decode."""
+
+    def __init__(self, spec: LoadSpec):
+        self.spec = spec
+        self.llm = Llama(model_path=str(spec.model_path), n_ctx=spec.num_ctx, n_batch=spec.num_ctx,
+                         n_ubatch=spec.num_ctx, n_threads=spec.num_thread, n_threads_batch=spec.num_thread,
+                         embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, verbose=False)
+        self._init_vocab(self.llm._model)
+        self.n_ctx = self.llm.n_ctx()
+        self.memory_bytes = self.llm._model.size()
+        self._lock = threading.Lock()
+
+    def submit(self, sequence: Sequence) -> None:
+        sequence.ended("error", BadRequest("this runner embeds; generation uses a runner loaded for it"))
 
     def embed(self, token_lists: list[list[int]]) -> list[list[float]]:
-        llm = self.llm
-        n_embd = llm.n_embd()
+        llm, n_embd = self.llm, self.llm.n_embd()
+        n_seq_max = llm.context_params.n_seq_max
         out: list[list[float]] = []
-        # One decode per group of sequences that fits a batch (n_seq_max sequences, n_ctx tokens).
         group: list[list[int]] = []
 
-        def flush():
+        def flush() -> None:
             if not group:
                 return
             llm._ctx.kv_cache_clear()
@@ -129,14 +345,19 @@ class LlamaCppRunner:
                 out.append(list(llama_cpp.llama_get_embeddings_seq(llm.ctx, seq_id)[:n_embd]))
             group.clear()
 
-        for toks in token_lists:
-            if group and (len(group) >= 16 or sum(map(len, group)) + len(toks) > self.n_ctx):
-                flush()
-            group.append(toks)
-        flush()
-        llm._ctx.kv_cache_clear()
-        llm.reset()
+        with self._lock:
+            # One decode per group of inputs that fits a batch (n_seq_max sequences, n_ctx tokens).
+            for toks in token_lists:
+                if group and (len(group) >= n_seq_max or sum(map(len, group)) + len(toks) > self.n_ctx):
+                    flush()
+                group.append(toks)
+            flush()
+            llm._ctx.kv_cache_clear()
         return out
 
     def close(self) -> None:
         self.llm.close()
+
+
+def load(spec: LoadSpec):
+    return LlamaCppEmbedder(spec) if spec.embedding else LlamaCppRunner(spec)

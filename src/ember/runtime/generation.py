@@ -1,10 +1,13 @@
-"""One generation, start to finish, on a loaded runner: prompt, context policy, grammar, decode, stop strings.
+"""One generation, start to finish: prompt, context policy, grammar, then the tokens turned into text and events.
 
-Runs on the runner's worker thread and hands events to `emit`; knows nothing of HTTP.
+Knows nothing of HTTP; hands its events to `emit`.
 """
 
 import json
+import logging
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
@@ -16,8 +19,10 @@ from ember.core.options import Options
 from ember.core.textstream import TextStream
 from ember.core.tools import forced_call_schema, parse_tool_calls, tool_names
 from ember.core.types import Done, Event, GenerateRequest, Message, Token
-from ember.engines.base import Runner, Sampling
+from ember.engines.base import Runner
 from ember.store.store import Model
+
+log = logging.getLogger("ember.generation")
 
 
 def chat_template(model: Model, request: GenerateRequest) -> str:
@@ -84,51 +89,75 @@ def _schema_grammar(schema: dict[str, Any]) -> str:
         raise BadRequest(f"invalid or unsupported JSON schema in format: {e}") from None
 
 
-def run(runner: Runner, model: Model, request: GenerateRequest, options: Options, sampling: Sampling,
-        emit: Callable[[Event], None], load_ns: int = 0) -> Done:
-    started = time.perf_counter_ns()
-    prompt = build_prompt(runner, model, request, options)
-    sampling.grammar = grammar_for(request)
-    room = runner.n_ctx - len(prompt.tokens)
-    sampling.max_tokens = min(options.num_predict, room) if options.num_predict > 0 else room
-    cached = runner.cached_prefix(prompt.tokens)
-    # With tools the answer is held until it is complete: only then can a tool call be told from prose.
-    hold = bool(request.tools) and request.tool_choice != "none"
-    stream = TextStream(options.stop or [])
-    count, first_token_ns = 0, None
-    for token in runner.generate(prompt.tokens, sampling):
-        if first_token_ns is None:
-            first_token_ns = time.perf_counter_ns()
-        count += 1
-        text = stream.feed(runner.token_bytes(token))
-        if text and not hold:
-            emit(Token(text))
-        if stream.stopped:
-            break
-    tail = stream.finish()
-    if tail and not hold:
-        emit(Token(tail))
-    end = time.perf_counter_ns()
-    first_token_ns = first_token_ns or end
-    if sampling.cancel.is_set():
-        reason = "cancelled"
-    elif not stream.stopped and count >= sampling.max_tokens:
-        reason = "length"
-    else:
-        reason = "stop"
-    content, calls = stream.text, []
-    if hold:
-        content, calls = parse_tool_calls(stream.text, request.tools)
-        if content:
-            emit(Token(content))
-        if calls:
-            reason = "tool_calls"
-    return Done(
-        reason=reason, text=content, tool_calls=calls, prompt_tokens=len(prompt.tokens),
-        completion_tokens=count, cached_tokens=cached, load_ns=load_ns,
-        prompt_ns=first_token_ns - started, eval_ns=end - first_token_ns, total_ns=end - started + load_ns,
-        truncated_messages=prompt.dropped_messages, truncated_tokens=prompt.dropped_tokens,
-    )
+@dataclass
+class Failed:
+    error: BaseException
+
+
+class Generation:
+    """One request's generation as a runner sequence: holds its prompt and turns its tokens into events.
+
+    Built (template, context policy, grammar) on a worker thread, then driven by the runner's decode thread.
+    """
+
+    def __init__(self, runner: Runner, model: Model, request: GenerateRequest, options: Options,
+                 emit: Callable[[Event | Failed], None], load_ns: int = 0):
+        self.created_ns = time.perf_counter_ns() - load_ns
+        self.runner, self.request, self.emit, self.load_ns = runner, request, emit, load_ns
+        self.model_name = model.name
+        self.options = options
+        self.prompt = build_prompt(runner, model, request, options)
+        self.tokens = self.prompt.tokens
+        self.grammar = grammar_for(request)
+        room = runner.n_ctx - len(self.tokens)
+        self.max_tokens = min(options.num_predict, room) if options.num_predict > 0 else room
+        self.cancel = threading.Event()
+        # With tools the answer is held until it is complete: only then can a tool call be told from prose.
+        self.hold = bool(request.tools) and request.tool_choice != "none"
+        self.stream = TextStream(options.stop or [])
+        self.count, self.cached = 0, 0
+        self.started_ns = self.first_token_ns = 0
+
+    def started(self, cached: int) -> None:
+        self.cached = cached
+        self.started_ns = time.perf_counter_ns()
+
+    def token(self, token: int) -> bool:
+        if not self.count:
+            self.first_token_ns = time.perf_counter_ns()
+        self.count += 1
+        text = self.stream.feed(self.runner.token_bytes(token))
+        if text and not self.hold:
+            self.emit(Token(text))
+        return not self.stream.stopped
+
+    def ended(self, reason: str, error: BaseException | None = None) -> None:
+        if reason == "error":
+            self.emit(Failed(error))
+            return
+        tail = self.stream.finish()
+        if tail and not self.hold:
+            self.emit(Token(tail))
+        end = time.perf_counter_ns()
+        first = self.first_token_ns or end
+        content, calls = self.stream.text, []
+        if self.hold:
+            content, calls = parse_tool_calls(self.stream.text, self.request.tools)
+            if content:
+                self.emit(Token(content))
+            if calls:
+                reason = "tool_calls"
+        done = Done(
+            reason=reason, text=content, tool_calls=calls, prompt_tokens=len(self.tokens),
+            completion_tokens=self.count, cached_tokens=self.cached, load_ns=self.load_ns,
+            prompt_ns=first - (self.started_ns or first), eval_ns=end - first, total_ns=end - self.created_ns,
+            truncated_messages=self.prompt.dropped_messages, truncated_tokens=self.prompt.dropped_tokens,
+        )
+        log.info("%s: reason=%s prompt=%d (cached %d) answer=%d tokens, %.1f tok/s%s", self.model_name, done.reason,
+                 done.prompt_tokens, done.cached_tokens, done.completion_tokens,
+                 done.completion_tokens / max(done.eval_ns / 1e9, 1e-9),
+                 f", dropped {done.truncated_messages} messages" if done.truncated else "")
+        self.emit(done)
 
 
 def check_tools(request: GenerateRequest) -> None:

@@ -1,6 +1,7 @@
 """Loaded models and who gets them: load on demand, queue limits, keep-alive expiry, least-recently-used eviction.
 
-Each loaded model has one worker thread; requests to it queue on that thread. The event loop never blocks on llama.cpp.
+A loaded model's runner decodes on its own thread, several requests at once; the event loop never blocks on
+llama.cpp.
 """
 
 import asyncio
@@ -16,8 +17,9 @@ from ember.core.durations import parse_keep_alive
 from ember.core.errors import BadRequest, Busy, EmberError
 from ember.core.options import Options, resolve
 from ember.core.types import Done, EmbedRequest, Embeddings, Event, GenerateRequest
-from ember.engines.base import LoadSpec, Runner, Sampling
-from ember.engines.llamacpp import LlamaCppRunner, default_threads
+from ember.engines.base import LoadSpec, Runner
+from ember.engines import llamacpp
+from ember.engines.llamacpp import default_threads
 from ember.runtime import generation
 from ember.store.store import Model, ModelStore
 
@@ -28,7 +30,6 @@ log = logging.getLogger("ember.scheduler")
 class Loaded:
     model: Model
     runner: Runner
-    worker: ThreadPoolExecutor
     active: int = 0
     expires_at: float = math.inf  # time.time() when it unloads; inf = never
     last_used: float = field(default_factory=time.monotonic)
@@ -39,13 +40,8 @@ class Loaded:
         return self.runner.spec
 
 
-@dataclass
-class _Failed:
-    error: BaseException
-
-
 class Scheduler:
-    def __init__(self, settings: Settings, store: ModelStore, runner_factory: Callable[[LoadSpec], Runner] = LlamaCppRunner):
+    def __init__(self, settings: Settings, store: ModelStore, runner_factory: Callable[[LoadSpec], Runner] = llamacpp.load):
         self.settings = settings
         self.store = store
         self.runner_factory = runner_factory
@@ -85,10 +81,8 @@ class Scheduler:
         if loaded:
             self._close(loaded)
 
-    @staticmethod
-    def _close(loaded: Loaded) -> None:
-        loaded.worker.submit(loaded.runner.close)
-        loaded.worker.shutdown(wait=False)
+    def _close(self, loaded: Loaded) -> None:
+        self._loader.submit(loaded.runner.close)
 
     # -- loading ---------------------------------------------------------------------------------------------------
 
@@ -100,6 +94,7 @@ class Scheduler:
             num_ctx = trained
         return LoadSpec(model_path=model.model_path, adapter_paths=tuple(model.adapter_paths), num_ctx=num_ctx,
                         num_batch=options.num_batch or 512, num_thread=options.num_thread or default_threads(),
+                        num_parallel=1 if embedding else self.settings.num_parallel or auto_parallel(model, num_ctx),
                         embedding=embedding)
 
     async def _acquire(self, model: Model, spec: LoadSpec) -> tuple[Loaded, int]:
@@ -127,7 +122,7 @@ class Scheduler:
                 load_ns = time.perf_counter_ns() - started
                 log.info("loaded %s (num_ctx=%d, threads=%d) in %.2fs", model.name, spec.num_ctx, spec.num_thread,
                          load_ns / 1e9)
-                loaded = Loaded(model, runner, ThreadPoolExecutor(1, thread_name_prefix="ember-run"))
+                loaded = Loaded(model, runner)
                 self._loaded[key] = loaded
             loaded.active += 1
             loaded.last_used = time.monotonic()
@@ -175,36 +170,28 @@ class Scheduler:
             raise
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        sampling = Sampling(options)
+        job: generation.Generation | None = None
 
         def emit(event) -> None:
             try:
                 loop.call_soon_threadsafe(events.put_nowait, event)
             except RuntimeError:  # the loop has closed: the server is shutting down
-                sampling.cancel.set()
+                if job:
+                    job.cancel.set()
 
-        def job() -> None:
-            try:
-                done = generation.run(loaded.runner, model, request, options, sampling, emit, load_ns)
-                log.info("%s: reason=%s prompt=%d (cached %d) answer=%d tokens, %.1f tok/s%s", model.name, done.reason,
-                         done.prompt_tokens, done.cached_tokens, done.completion_tokens,
-                         done.completion_tokens / max(done.eval_ns / 1e9, 1e-9),
-                         f", dropped {done.truncated_messages} messages" if done.truncated else "")
-                emit(done)
-            except BaseException as e:
-                emit(_Failed(e))
-
-        loaded.worker.submit(job)
         try:
+            job = await asyncio.to_thread(generation.Generation, loaded.runner, model, request, options, emit, load_ns)
+            loaded.runner.submit(job)
             while True:
                 event = await events.get()
-                if isinstance(event, _Failed):
+                if isinstance(event, generation.Failed):
                     raise event.error
                 yield event
                 if isinstance(event, Done):
                     return
         finally:
-            sampling.cancel.set()
+            if job:
+                job.cancel.set()
             self._pending -= 1
             self._release(loaded, request.keep_alive)
 
@@ -226,8 +213,7 @@ class Scheduler:
             loaded, load_ns = await self._acquire(model, spec)
             try:
                 started = time.perf_counter_ns()
-                vectors, count = await asyncio.get_running_loop().run_in_executor(
-                    loaded.worker, _embed, loaded.runner, request)
+                vectors, count = await asyncio.to_thread(_embed, loaded.runner, request)
                 return Embeddings(vectors, count, load_ns=load_ns, total_ns=time.perf_counter_ns() - started + load_ns)
             finally:
                 self._release(loaded, request.keep_alive)
@@ -247,6 +233,27 @@ class Scheduler:
 
     def loaded(self) -> list[Loaded]:
         return sorted(self._loaded.values(), key=lambda l: -l.last_used)
+
+
+def auto_parallel(model: Model, num_ctx: int) -> int:
+    """Slots for a model: up to 8, as many as a quarter of the available memory holds KV caches for."""
+    info = model.info.model_info
+    arch = model.info.architecture
+    heads = info.get(f"{arch}.attention.head_count") or 1
+    kv_heads = info.get(f"{arch}.attention.head_count_kv") or heads
+    per_token = 2 * 2 * model.info.block_count * model.info.embedding_length * kv_heads // heads  # f16 K and V
+    return max(1, min(8, available_memory() // 4 // max(1, per_token * num_ctx)))
+
+
+def available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
 
 
 def _embed(runner: Runner, request: EmbedRequest) -> tuple[list[list[float]], int]:

@@ -1,0 +1,81 @@
+"""Several requests share one loaded model: same answers alone or batched, from the prefix cache or not."""
+
+import concurrent.futures as cf
+import time
+
+import httpx
+import pytest
+
+PROMPTS = ["Tell me about the sea.", "What is 2+2?", "Write a poem about cats.", "Explain gravity.",
+           "Name five fruits.", "Why is the sky blue?", "Describe Paris.", "How do birds fly?"]
+SYSTEM = "You are a careful assistant for a library. " * 20  # a long shared prefix, ~200 tokens
+
+
+def generate(url: str, prompt: str, **options) -> dict:
+    body = {"model": "smollm2", "prompt": prompt, "stream": False,
+            "options": {"temperature": 0, "num_predict": 40, **options}}
+    r = httpx.post(f"{url}/api/generate", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def chat(url: str, question: str) -> dict:
+    body = {"model": "smollm2", "temperature": 0, "max_tokens": 24,
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]}
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def cached(reply: dict) -> int:
+    return reply["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+
+def together(fn, items):
+    with cf.ThreadPoolExecutor(len(items)) as pool:
+        return list(pool.map(fn, items))
+
+
+@pytest.mark.parametrize("options", [{}, {"temperature": 0.9, "seed": 5}], ids=["greedy", "seeded"])
+def test_same_tokens_alone_and_batched(server, options):
+    alone = [generate(server.url, p, **options)["response"] for p in PROMPTS]
+    batched = [r["response"] for r in together(lambda p: generate(server.url, p, **options), PROMPTS)]
+    assert batched == alone
+
+
+def test_prefix_cache_reuses_the_system_prompt_and_changes_nothing(make_server):
+    warm = make_server(EMBER_NUM_PARALLEL="2")
+    first = chat(warm.url, "Where are the atlases?")
+    second = chat(warm.url, "When do you open?")
+    assert cached(first) == 0 and first["usage"]["prompt_tokens"] > 180
+    # The second request read only what follows the shared system prompt.
+    assert 180 < cached(second) < second["usage"]["prompt_tokens"]
+    cold = make_server(EMBER_NUM_PARALLEL="2")
+    fresh = chat(cold.url, "When do you open?")
+    assert cached(fresh) == 0 and fresh["choices"][0]["message"] == second["choices"][0]["message"]
+
+
+def test_ps_shows_slots(make_server):
+    srv = make_server(EMBER_NUM_PARALLEL="3")
+    generate(srv.url, "hi")
+    model = httpx.get(f"{srv.url}/api/ps").json()["models"][0]
+    assert model["slots"] == 3 and model["slots_busy"] == 0 and model["context_length"] == 4096
+
+
+def test_disconnect_frees_the_slot_at_once(make_server):
+    srv = make_server(EMBER_NUM_PARALLEL="1")
+    body = {"model": "smollm2", "prompt": "numbers", "options": {"num_predict": 3000},
+            "format": {"type": "array", "items": {"type": "integer"}, "minItems": 2000}}
+    with httpx.Client(base_url=srv.url, timeout=60) as api:
+        with api.stream("POST", "/api/generate", json=body) as r:
+            lines = r.iter_lines()
+            for _ in range(3):
+                next(lines)
+            assert api.get("/api/ps").json()["models"][0]["slots_busy"] == 1
+        deadline = time.time() + 1
+        while api.get("/api/ps").json()["models"][0]["slots_busy"] and time.time() < deadline:
+            time.sleep(0.02)
+        assert api.get("/api/ps").json()["models"][0]["slots_busy"] == 0
+        # With its only slot free again, the next request is answered at once.
+        started = time.time()
+        assert generate(srv.url, "hi", num_predict=2)["done"] and time.time() - started < 3
