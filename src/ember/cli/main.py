@@ -199,6 +199,21 @@ def export(model: str, directory: Path):
         out.print(str(path))
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Measure speed against the tools ember replaces.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("serve")
+def bench_serve(
+    quick: bool = typer.Option(False, "--quick", help="only W1 and W2"),
+    out: Path = typer.Option(Path("bench/results"), "--out", help="where the JSON and PNG go"),
+):
+    """Concurrent serving: ember vs llama-cpp-python's server and llama.cpp in-process (W1–W4)."""
+    from ember.bench.serve import main as bench_main
+
+    bench_main(["--out", str(out)] + (["--quick"] if quick else []))
+
+
 @app.command()
 def version():
     """Print ember's version."""

@@ -236,13 +236,13 @@ class Scheduler:
 
 
 def auto_parallel(model: Model, num_ctx: int) -> int:
-    """Slots for a model: up to 8, as many as a quarter of the available memory holds KV caches for."""
+    """Slots for a model: up to 16, as many as a quarter of the available memory holds KV caches for."""
     info = model.info.model_info
     arch = model.info.architecture
     heads = info.get(f"{arch}.attention.head_count") or 1
     kv_heads = info.get(f"{arch}.attention.head_count_kv") or heads
     per_token = 2 * 2 * model.info.block_count * model.info.embedding_length * kv_heads // heads  # f16 K and V
-    return max(1, min(8, available_memory() // 4 // max(1, per_token * num_ctx)))
+    return max(1, min(16, available_memory() // 4 // max(1, per_token * num_ctx)))
 
 
 def available_memory() -> int:

@@ -1,0 +1,298 @@
+"""`ember bench serve`: ember against llama-cpp-python's server and the engine itself, on the same GGUF and threads.
+
+Workloads (issue 3), driven from this process over HTTP, one peer at a time:
+  W1 one stream: 128-token prompt, 256 tokens, greedy
+  W2 eight concurrent streams: different 64-token prompts, 128 tokens each
+  W3 two conversations alternating turns, each with its own ~1000-token system prompt, eight turns each
+  W4 a 3000-token prompt arriving while eight streams run: their token rate while it is read
+plus the floors measured in-process with llama.cpp and no server: one stream, and eight sequences in one batch.
+"""
+
+import asyncio
+import ctypes
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+WORDS = ("the river keeper lantern storm harbor morning garden letter window mountain silver quiet story "
+         "road winter candle market bridge forest").split()
+
+
+@dataclass
+class Stream:
+    sent: float
+    token_times: list[float] = field(default_factory=list)
+
+    @property
+    def ttft(self) -> float:
+        return self.token_times[0] - self.sent if self.token_times else float("nan")
+
+
+def text_of_tokens(llm, n: int, seed: int) -> str:
+    """Some prose that is exactly `n` tokens for this model's tokenizer."""
+    words = [WORDS[(seed * 7 + i * 13) % len(WORDS)] for i in range(n * 2)]
+    tokens = llm.tokenize(" ".join(words).encode(), add_bos=False)[:n]
+    return llm.detokenize(tokens).decode("utf-8", errors="ignore")
+
+
+class Peer:
+    """A server speaking the OpenAI API, started for its turn and stopped after."""
+
+    def __init__(self, name: str, command: list[str], port: int, env: dict | None = None):
+        self.name, self.command, self.port = name, command, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = env
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            try:
+                if httpx.get(f"{self.url}/v1/models", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise SystemExit(f"{self.name} did not start: {' '.join(self.command)}")
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+async def stream_completion(client: httpx.AsyncClient, url: str, model: str, prompt: str | list, max_tokens: int,
+                            chat: bool = False) -> Stream:
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    body["messages" if chat else "prompt"] = prompt
+    record = Stream(time.perf_counter())
+    async with client.stream("POST", url + path, json=body, timeout=600) as response:
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choice = (json.loads(line[6:]).get("choices") or [{}])[0]
+            piece = choice.get("delta", {}).get("content") if chat else choice.get("text")
+            if piece:
+                record.token_times.append(time.perf_counter())
+    return record
+
+
+def rate(streams: list[Stream], start: float, end: float) -> float:
+    return sum(1 for s in streams for t in s.token_times if start <= t < end) / max(end - start, 1e-9)
+
+
+async def w1(url, model, prompt):
+    async with httpx.AsyncClient() as client:
+        await stream_completion(client, url, model, prompt, 8)  # load and warm
+        runs = [await stream_completion(client, url, model, prompt, 256) for _ in range(3)]
+    return {"decode_tps": statistics.median((len(r.token_times) - 1) / (r.token_times[-1] - r.token_times[0])
+                                            for r in runs),
+            "ttft_s": statistics.median(r.ttft for r in runs), "tokens": len(runs[0].token_times)}
+
+
+async def w2(url, model, prompts, max_tokens=128):
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=32)) as client:
+        await stream_completion(client, url, model, prompts[0], 4)
+        start = time.perf_counter()
+        streams = await asyncio.gather(*(stream_completion(client, url, model, p, max_tokens) for p in prompts))
+    end = max(s.token_times[-1] for s in streams)
+    ttfts = sorted(s.ttft for s in streams)
+    return {"aggregate_tps": sum(len(s.token_times) for s in streams) / (end - start),
+            "p95_ttft_s": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
+            "tokens": sum(len(s.token_times) for s in streams)}
+
+
+async def w3(url, model, systems, turns=8):
+    """Two conversations take turns; each turn resends its whole history, as chat clients do."""
+    histories = [[{"role": "system", "content": s}] for s in systems]
+    ttfts: list[list[float]] = [[], []]
+    async with httpx.AsyncClient() as client:
+        for turn in range(turns):
+            for c, history in enumerate(histories):
+                history.append({"role": "user", "content": f"Question {turn + 1}: what happens next in the story?"})
+                record = await stream_completion(client, url, model, history, 24, chat=True)
+                ttfts[c].append(record.ttft)
+                history.append({"role": "assistant", "content": "Then the keeper lit the lantern again."})
+    return {"first_turn_ttft_s": [t[0] for t in ttfts],
+            "later_turns_median_ttft_s": [statistics.median(t[1:]) for t in ttfts],
+            "ratio": max(statistics.median(t[1:]) / t[0] for t in ttfts)}
+
+
+async def w4(url, model, prompts, long_prompt):
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=32)) as client:
+        await stream_completion(client, url, model, prompts[0], 4)
+        tasks = [asyncio.create_task(stream_completion(client, url, model, p, 400)) for p in prompts]
+        await asyncio.sleep(3.0)
+        long_sent = time.perf_counter()
+        long = await stream_completion(client, url, model, long_prompt, 1)
+        long_read = long.token_times[0] if long.token_times else time.perf_counter()
+        streams = await asyncio.gather(*tasks)
+    before = rate(streams, long_sent - 2.0, long_sent)
+    during = rate(streams, long_sent, long_read)
+    return {"rate_before_tps": before, "rate_during_tps": during, "kept": during / before if before else 0.0,
+            "long_prompt_s": long_read - long_sent}
+
+
+def in_process(gguf: Path, threads: int, prompt_tokens: list[int], batch_prompts: list[list[int]]) -> dict:
+    """The engine floor: llama-cpp-python with no server, one stream; and eight sequences in one llama_decode."""
+    import llama_cpp
+    from llama_cpp import Llama
+
+    llm = Llama(str(gguf), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
+    times = []
+    for _ in range(3):
+        llm.reset()
+        stamps = []
+        for n, _token in enumerate(llm.generate(prompt_tokens, temp=0, top_k=40, top_p=0.9, min_p=0.0)):
+            stamps.append(time.perf_counter())
+            if n + 1 >= 256:
+                break
+        times.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    single = statistics.median(times)
+    del llm
+
+    n_seq = len(batch_prompts)
+    model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), llama_cpp.llama_model_default_params())
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_seq_max, params.n_batch = 512 * n_seq, n_seq, 512
+    params.n_threads = params.n_threads_batch = threads
+    ctx = llama_cpp.llama_init_from_model(model, params)
+    batch = llama_cpp.llama_batch_init(512, 0, 1)
+    samplers = [llama_cpp.llama_sampler_init_greedy() for _ in range(n_seq)]
+
+    def decode(entries):  # entries: (token, pos, seq, logits)
+        for i, (tok, pos, seq, logits) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, pos, 1, logits
+            batch.seq_id[i][0] = seq
+        batch.n_tokens = len(entries)
+        assert llama_cpp.llama_decode(ctx, batch) == 0
+
+    decode([(t, p, s, p == len(toks) - 1) for s, toks in enumerate(batch_prompts) for p, t in enumerate(toks)])
+    last = [llama_cpp.llama_sampler_sample(samplers[s], ctx, sum(map(len, batch_prompts[: s + 1])) - 1)
+            for s in range(n_seq)]
+    pos = [len(t) for t in batch_prompts]
+    start, steps = time.perf_counter(), 128
+    for _ in range(steps):
+        decode([(last[s], pos[s], s, True) for s in range(n_seq)])
+        last = [llama_cpp.llama_sampler_sample(samplers[s], ctx, s) for s in range(n_seq)]
+        pos = [p + 1 for p in pos]
+    batched = n_seq * steps / (time.perf_counter() - start)
+    for s in samplers:
+        llama_cpp.llama_sampler_free(s)
+    llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_free(ctx)
+    llama_cpp.llama_model_free(model)
+    return {"single_decode_tps": single, "batched8_aggregate_tps": batched}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(out_dir: Path, threads: int, quick: bool = False) -> dict:
+    from llama_cpp import Llama
+
+    from ember.store.store import ModelStore
+
+    home = Path(tempfile.mkdtemp(prefix="ember-bench-"))
+    store = ModelStore(home / "models")
+    store.pull("smollm2")
+    gguf = store.get("smollm2").model_path
+    tok = Llama(str(gguf), vocab_only=True, verbose=False)
+    prompt128 = text_of_tokens(tok, 128, 0)
+    prompts64 = [text_of_tokens(tok, 64, i + 1) for i in range(8)]
+    systems = [f"You are narrator {c}. " + text_of_tokens(tok, 1000, 20 + c) for c in range(2)]
+    long_prompt = text_of_tokens(tok, 3000, 99)
+    floor = in_process(gguf, threads, tok.tokenize(prompt128.encode(), add_bos=False),
+                       [tok.tokenize(p.encode(), add_bos=False) for p in prompts64])
+    del tok
+
+    ember_env = {**os.environ, "EMBER_HOME": str(home)}  # slots sized by ember itself, as a user gets them
+    peers = {
+        "ember": lambda port: Peer("ember", [sys.executable, "-m", "ember", "serve"], port,
+                                   {**ember_env, "EMBER_HOST": f"127.0.0.1:{port}"}),
+        "llama_cpp.server": lambda port: Peer("llama_cpp.server", [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", str(threads),
+            "--n_threads_batch", str(threads), "--interrupt_requests", "False"], port),
+    }
+    results: dict = {"in_process": floor, "threads": threads}
+    for name, make in peers.items():
+        with make(free_port()) as peer:
+            r = {"W1": asyncio.run(w1(peer.url, "smollm2", prompt128)),
+                 "W2": asyncio.run(w2(peer.url, "smollm2", prompts64))}
+            if not quick:
+                r["W3"] = asyncio.run(w3(peer.url, "smollm2", systems))
+                r["W4"] = asyncio.run(w4(peer.url, "smollm2", prompts64, long_prompt))
+            results[name] = r
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "serve.json").write_text(json.dumps(results, indent=2))
+    report(results, out_dir)
+    return results
+
+
+def report(results: dict, out_dir: Path) -> None:
+    e, p, f = results["ember"], results["llama_cpp.server"], results["in_process"]
+    rows = [
+        ("W1 decode tok/s (1 stream)", f["single_decode_tps"], e["W1"]["decode_tps"], p["W1"]["decode_tps"],
+         f"ember/in-process {e['W1']['decode_tps'] / f['single_decode_tps']:.2f} (goal ≥ 0.95)"),
+        ("W2 aggregate tok/s (8 streams)", f["batched8_aggregate_tps"], e["W2"]["aggregate_tps"],
+         p["W2"]["aggregate_tps"],
+         f"ember/server {e['W2']['aggregate_tps'] / p['W2']['aggregate_tps']:.2f} (≥ 2.5), "
+         f"ember/limit {e['W2']['aggregate_tps'] / f['batched8_aggregate_tps']:.2f} (≥ 0.8)"),
+        ("W2 p95 time to first token, s", None, e["W2"]["p95_ttft_s"], p["W2"]["p95_ttft_s"],
+         f"ember/server {e['W2']['p95_ttft_s'] / p['W2']['p95_ttft_s']:.2f} (≤ 0.5)"),
+    ]
+    if "W3" in e:
+        rows.append(("W3 later-turn TTFT / first-turn TTFT", None, e["W3"]["ratio"], p["W3"]["ratio"], "ember ≤ 0.2"))
+        rows.append(("W4 streams' rate kept during a 3000-token prompt", None, e["W4"]["kept"], p["W4"]["kept"],
+                     "ember ≥ 0.5"))
+    print(f"{'workload':<48}{'in-process':>12}{'ember':>10}{'llama_cpp.server':>18}  goal")
+    for label, floor, ours, theirs, goal in rows:
+        fmt = lambda v: f"{v:.2f}" if v is not None else "—"  # noqa: E731
+        print(f"{label:<48}{fmt(floor):>12}{fmt(ours):>10}{fmt(theirs):>18}  {goal}")
+    plot(rows, out_dir / "serve.png")
+
+
+def plot(rows, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.5))
+    for ax, (label, floor, ours, theirs, _goal) in zip(axes, rows):
+        names = (["in-process"] if floor is not None else []) + ["ember", "llama_cpp.server"]
+        values = ([floor] if floor is not None else []) + [ours, theirs]
+        ax.bar(names, values, color=["#999999"] * (floor is not None) + ["#d9534f", "#5b8def"])
+        ax.set_title(label, fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="ember serving benchmark (issue 3 workloads)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--quick", action="store_true", help="only W1 and W2")
+    args = parser.parse_args(argv)
+    run(args.out, args.threads, args.quick)
+
+
+if __name__ == "__main__":
+    main()
