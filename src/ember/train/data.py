@@ -1,0 +1,109 @@
+"""Training text: read files and folders, turn them into one token stream, split it, and draw batches."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ember.core.errors import BadRequest
+from ember.train.tokenizer import IM_END, IM_START, Tokenizer
+
+SUFFIXES = (".txt", ".md", ".jsonl")
+
+# The chat template that --chat trains on and that the exported GGUF carries (ChatML, in the Hugging Face style).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Base models have no turns: a prompt is continued as it stands.
+PLAIN_TEMPLATE = "{% for m in messages %}{{ m.content }}{% endfor %}"
+
+
+def find_files(paths: list[Path]) -> list[Path]:
+    files = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise BadRequest(f"no file or folder at {p}; pass --data with text files (.txt, .md, .jsonl) or folders")
+    if not files:
+        raise BadRequest(f"no .txt, .md or .jsonl files under {', '.join(map(str, paths))}")
+    return files
+
+
+def render_chat(messages: list[dict]) -> str:
+    return "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
+
+
+def _jsonl_documents(path: Path, chat: bool) -> list[str]:
+    docs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadRequest(f"{path} line {n}: not JSON ({e.msg})") from None
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if isinstance(messages, list) and all(isinstance(m, dict) and {"role", "content"} <= m.keys()
+                                               for m in messages):
+            docs.append(render_chat(messages) if chat else "\n".join(m["content"] for m in messages))
+        elif isinstance(record, dict) and isinstance(record.get("text"), str) and not chat:
+            docs.append(record["text"])
+        else:
+            want = '{"messages": [{"role": …, "content": …}, …]}' if chat else '{"text": …} or {"messages": [...]}'
+            raise BadRequest(f"{path} line {n}: expected {want}")
+    return docs
+
+
+def read_documents(paths: list[Path], chat: bool = False) -> list[str]:
+    """One string per document: a whole .txt/.md file, or one .jsonl record. --chat takes only .jsonl messages."""
+    docs = []
+    for f in find_files(paths):
+        if f.suffix.lower() == ".jsonl":
+            docs += _jsonl_documents(f, chat)
+        elif chat:
+            raise BadRequest(f"--chat trains on .jsonl files of {{\"messages\": [...]}}; {f} is not one")
+        else:
+            try:
+                docs.append(f.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise BadRequest(f"{f} is not UTF-8 text") from None
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise BadRequest("the training data is empty")
+    return docs
+
+
+def tokenize(docs: list[str], tok: Tokenizer) -> torch.Tensor:
+    """All documents as one stream, each followed by the end-of-text token."""
+    ids = []
+    for doc in tok.encode_batch(docs):
+        ids += doc
+        ids.append(tok.eot)
+    return torch.tensor(ids, dtype=torch.int32 if tok.vocab_size < 2**31 else torch.int64)
+
+
+@dataclass
+class Splits:
+    train: torch.Tensor
+    val: torch.Tensor
+
+
+def split(tokens: torch.Tensor, ctx: int, val_fraction: float = 0.1) -> Splits:
+    """The last tenth is held out, as nanoGPT does; windows shrink when the text is short."""
+    n_val = int(len(tokens) * val_fraction)
+    if len(tokens) - n_val < 2 * ctx + 2 or n_val < 2:
+        raise BadRequest(f"the data is {len(tokens)} tokens, too little for a context of {ctx}: add text or lower --ctx")
+    return Splits(tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:])
+
+
+def batch(data: torch.Tensor, batch_size: int, ctx: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """batch_size random windows: inputs and the same windows shifted by one token as targets."""
+    ctx = min(ctx, len(data) - 1)
+    starts = torch.randint(len(data) - ctx, (batch_size,), generator=gen)
+    windows = torch.stack([data[s:s + ctx + 1] for s in starts.tolist()]).long()
+    return windows[:, :-1], windows[:, 1:]
