@@ -214,6 +214,53 @@ def bench_serve(
     bench_main(["--out", str(out)] + (["--quick"] if quick else []))
 
 
+@app.command(no_args_is_help=True)
+def train(
+    data: list[Path] = typer.Option([], "--data", help="text files or folders (.txt, .md, .jsonl); repeat for more"),
+    name: Optional[str] = typer.Option(None, "--name", help="the model's name in the store when training ends"),
+    out: Optional[Path] = typer.Option(None, "--out", help="checkpoint folder (default: $EMBER_HOME/train/NAME)"),
+    size: str = typer.Option("tiny", "--size", help="tiny (~1 M), small (~10 M) or base (~50 M parameters)"),
+    layers: Optional[int] = typer.Option(None, "--layers"),
+    dim: Optional[int] = typer.Option(None, "--dim"),
+    heads: Optional[int] = typer.Option(None, "--heads"),
+    kv_heads: Optional[int] = typer.Option(None, "--kv-heads"),
+    ctx: Optional[int] = typer.Option(None, "--ctx", help="context length in tokens"),
+    time: Optional[str] = typer.Option(None, "--time", help="time budget, e.g. 10m"),
+    steps: int = typer.Option(0, "--steps", help="optimizer steps (a fixed seed then gives the same run)"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="micro-batches per step"),
+    lr: float = typer.Option(0.0, "--lr", help="peak learning rate (default: by size)"),
+    seed: int = typer.Option(1337, "--seed"),
+    device: str = typer.Option("auto", "--device", help="cpu or cuda (default: cuda when present)"),
+    tokenizer: str = typer.Option("bpe", "--tokenizer", help="bpe (learned from the data) or char"),
+    vocab: Optional[int] = typer.Option(None, "--vocab", help="BPE vocabulary size (default: from the data size)"),
+    chat: bool = typer.Option(False, "--chat", help="train on .jsonl chats ({\"messages\": [...]}) in ChatML"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in the checkpoint folder"),
+    fmt: str = typer.Option("f16", "--format", help="GGUF for the store: f32, f16, q8_0, q4_k_m, …"),
+    eval_every: int = typer.Option(0, "--eval-every", help="steps between evals (default: ten per run)"),
+):
+    """Train a small Llama-style model from scratch on your text; it ends up in the store as NAME."""
+    from ember.cli import train as train_cli
+
+    train_cli.train(data, name, out, size, layers, dim, heads, kv_heads, ctx, time, steps, batch_size, grad_accum,
+                    lr, seed, device, tokenizer, vocab, chat, resume, fmt, eval_every)
+
+
+@app.command(no_args_is_help=True)
+def sample(
+    checkpoint: str = typer.Argument(..., help="a checkpoint folder, or the --name of a training run"),
+    prompt: str = typer.Argument("", help="text to continue"),
+    tokens: int = typer.Option(200, "--tokens", help="how many tokens to add"),
+    temperature: float = typer.Option(0.8, "--temperature"),
+    top_k: int = typer.Option(200, "--top-k"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+):
+    """Continue PROMPT with a training checkpoint, before (or without) exporting it."""
+    from ember.cli import train as train_cli
+
+    train_cli.sample(checkpoint, prompt, tokens, temperature, top_k, seed)
+
+
 @app.command()
 def version():
     """Print ember's version."""

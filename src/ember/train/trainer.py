@@ -46,7 +46,7 @@ class TrainConfig:
     beta2: float = 0.99
     clip: float = 1.0
     eval_every: int = 0  # steps; 0: ten times per run
-    eval_iters: int = 20
+    eval_iters: int = 10
     seed: int = 1337
     device: str = "auto"
     tokenizer: str = "bpe"
