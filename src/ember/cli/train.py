@@ -64,7 +64,7 @@ def train(data: list[Path], name: Optional[str], out: Optional[Path], size: str,
         if master:
             err.print(f"interrupted: checkpoint saved in {folder}; go on with: ember train "
                       f"{'--name ' + name if name else '--out ' + str(folder)} --resume --time …")
-        raise typer.Exit(130)
+        sys.exit(130)  # as a shell reports Ctrl-C
     if not master:
         return
     err.print(f"checkpoint, log.json and loss.png in {folder}")

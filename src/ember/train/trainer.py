@@ -9,6 +9,8 @@ import io
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -95,8 +97,9 @@ def pick_device(name: str) -> torch.device:
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warmup over cfg.warmup steps, then cosine from the peak down to min_lr_ratio of it at progress 1."""
     peak = cfg.peak_lr()
-    if step < cfg.warmup:
-        return peak * (step + 1) / cfg.warmup
+    warmup = min(cfg.warmup, cfg.steps // 5) if cfg.steps else cfg.warmup  # a short run must not end in warmup
+    if step < warmup:
+        return peak * (step + 1) / warmup
     return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
@@ -240,10 +243,21 @@ def train(cfg: TrainConfig, resume: bool = False, console=None) -> Path:
     bar = _Bar(console, cfg, raw.num_params(), tokens_per_step) if master else None
     eval_every = cfg.eval_every or (max(1, cfg.steps // 10) if cfg.steps else 0)
     next_eval = 0.1  # with a time budget and no eval_every: an eval each tenth of the run
-    interrupted = False
+    # Ctrl-C ends the run at the next step boundary, so the checkpoint is exactly a step's state; a second one
+    # stops at once.
+    stop = []
+
+    def on_sigint(signum, frame):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(True)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
     last = time.perf_counter()
+    interrupted = False
     try:
-        while progress() < 1:
+        while progress() < 1 and not interrupted:
             lr = lr_at(cfg, state.step, progress())
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -262,10 +276,11 @@ def train(cfg: TrainConfig, resume: bool = False, console=None) -> Path:
             state.step += 1
             state.tokens += tokens_per_step
             now = time.perf_counter()  # the clock includes evals and checkpoints: a budget is wall time
-            state.elapsed += _agree(now - last, world)
+            seconds, interrupted = _agree(now - last, bool(stop), world)
+            state.elapsed += seconds
             last = now
             state.history.append([state.step, round(state.elapsed, 3), round(loss_sum / cfg.grad_accum, 4), lr])
-            done = progress() >= 1
+            done = progress() >= 1 or interrupted
             due = (state.step % eval_every == 0) if eval_every else progress() >= next_eval
             if master and (due or done):
                 next_eval = math.floor(progress() * 10 + 1) / 10
@@ -277,11 +292,11 @@ def train(cfg: TrainConfig, resume: bool = False, console=None) -> Path:
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
         if bar:
             bar.close()
     if master:
-        if interrupted:
-            save_checkpoint(out, raw, opt, cfg, state, gen)
         write_report(out, cfg, mcfg, raw.num_params(), state)
     if world > 1:
         dist.destroy_process_group()
@@ -298,13 +313,13 @@ class _null:
         return False
 
 
-def _agree(seconds: float, world: int) -> float:
-    """Under DDP every rank must stop at the same step, so they share rank 0's clock."""
+def _agree(seconds: float, stop: bool, world: int) -> tuple[float, bool]:
+    """Under DDP every rank must stop at the same step, so they share rank 0's clock and Ctrl-C."""
     if world == 1:
-        return seconds
-    t = torch.tensor([seconds], dtype=torch.float64)
+        return seconds, stop
+    t = torch.tensor([seconds, float(stop)], dtype=torch.float64)
     dist.broadcast(t, 0)
-    return float(t)
+    return float(t[0]), bool(t[1])
 
 
 class _Bar:
