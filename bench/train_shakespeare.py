@@ -164,8 +164,8 @@ def run_ember(text_path, seconds, out_dir, **overrides):
 
 
 # Tuned on this machine kind (see the README section "Train your own model").
-EMBER_FAST = dict(size="tiny", layers=4, dim=128, heads=4, kv_heads=4, ctx=128, batch_size=32, lr=3e-3, warmup=50)
-EMBER_LONG = dict(size="small", layers=6, dim=256, heads=8, kv_heads=4, ctx=256, batch_size=32, lr=2e-3, warmup=100)
+EMBER_FAST = dict(layers=4, dim=128, heads=4, kv_heads=4, ctx=128, batch_size=16, lr=4e-3, warmup=50, eval_iters=5)
+EMBER_LONG = dict(layers=6, dim=192, heads=6, kv_heads=6, ctx=128, batch_size=32, lr=3e-3, warmup=100, eval_iters=5)
 
 
 def main(argv=None):
@@ -200,7 +200,8 @@ def main(argv=None):
 
     results = {"machine": {"cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__},
                "recipe": {"iters": iters, "wall_s": round(r_wall, 1), "val_loss": round(r_loss, 4), "curve": r_curve}}
-    runs = [("ember_fast", r_wall * 2 / 3, EMBER_FAST)]
+    # The budget covers the training loop; setup and the final report take a few seconds more, so aim under 2/3.
+    runs = [("ember_fast", r_wall * 0.6, EMBER_FAST)]
     if args.long:
         runs.append(("ember_long", 60 if args.quick else args.long, EMBER_LONG))
     with tempfile.TemporaryDirectory() as tmp:
