@@ -203,9 +203,10 @@ def train(cfg: TrainConfig, resume: bool = False, console=None) -> Path:
             raise BadRequest(f"nothing to resume: no checkpoint at {out / CKPT}")
         blob = torch.load(out / CKPT, map_location="cpu", weights_only=True)
         saved = blob["train_config"]
-        # What the user can change on resume: how long to go on, and where it runs.
+        # What the user can change on resume: how long to go on (else as before), and where it runs.
         for key in ("steps", "time_s", "device", "eval_every"):
-            saved[key] = getattr(cfg, key)
+            if getattr(cfg, key) or key == "device":
+                saved[key] = getattr(cfg, key)
         cfg = TrainConfig(**saved)
         tok = Tokenizer.load(out / TOKENIZER, cfg.tokenizer)
     docs = D.read_documents([Path(p) for p in cfg.data], chat=cfg.chat)
