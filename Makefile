@@ -31,7 +31,9 @@ test: setup
 	$(PY) -m pytest
 
 bench: setup
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) bench/generate_overhead.py
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

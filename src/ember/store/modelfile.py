@@ -1,23 +1,30 @@
 """The Modelfile: Ollama's recipe format (FROM, PARAMETER, TEMPLATE, SYSTEM, ADAPTER, LICENSE, MESSAGE).
 
-Every error names the line it was found on.
+One instruction per line; keywords in any case; `#` starts a comment line. A value is bare (to the end of the line),
+"quoted" (on one line) or \"\"\"triple-quoted\"\"\" (may span lines, kept exactly as written). Every error names the
+line it was found on.
 """
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ember.core.errors import BadRequest
 from ember.core.options import OPTION_NAMES, PRESETS, parse_options
 from ember.core.templates import compile_template
+from ember.store.blobs import normalize_digest
+from ember.store.names import parse_name
 
 INSTRUCTIONS = ("FROM", "PARAMETER", "TEMPLATE", "SYSTEM", "ADAPTER", "LICENSE", "MESSAGE")
 ROLES = ("system", "user", "assistant")
+_NAMED = {"PARAMETER": "PARAMETER needs a name and a value, like: PARAMETER temperature 0.7",
+          "MESSAGE": "MESSAGE needs a role and a text, like: MESSAGE user Hello"}
 
 
 class ModelfileError(BadRequest):
     def __init__(self, line: int, message: str):
         super().__init__(f"Modelfile line {line}: {message}")
+        self.line = line
 
 
 @dataclass
@@ -31,46 +38,62 @@ class ModelfileSpec:
     messages: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _unquote(value: str, line: int) -> str:
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    if value.startswith('"'):
-        raise ModelfileError(line, 'a quoted value has no closing "')
-    return value
+@dataclass
+class _Instruction:
+    line: int
+    keyword: str
+    name: str  # PARAMETER's key or MESSAGE's role; "" for the others
+    value: str
 
 
-def _instructions(text: str):
-    """Yield (line number, keyword, value) with multi-line \"\"\" values joined."""
+def _split_word(text: str) -> tuple[str, str]:
+    parts = text.split(None, 1)
+    return (parts[0], parts[1] if len(parts) > 1 else "") if parts else ("", "")
+
+
+def _instructions(text: str) -> Iterator[_Instruction]:
     lines = text.splitlines()
     i = 0
     while i < len(lines):
-        number, line = i + 1, lines[i].strip()
+        number, line = i + 1, lines[i].lstrip()
         i += 1
-        if not line or line.startswith("#"):
+        if not line.strip() or line.startswith("#"):
             continue
-        keyword, _, rest = line.partition(" ")
-        if "\t" in keyword:
-            keyword, _, more = keyword.partition("\t")
-            rest = f"{more} {rest}".strip()
-        keyword, rest = keyword.upper(), rest.strip()
+        keyword, rest = _split_word(line)
+        keyword = keyword.upper()
         if keyword not in INSTRUCTIONS:
             raise ModelfileError(number, f"unknown instruction {keyword!r}; expected one of {', '.join(INSTRUCTIONS)}")
-        head, quote, body = rest.partition('"""')
-        if quote:
-            parts = [body]
+        name = ""
+        if keyword in _NAMED:
+            name, rest = _split_word(rest)
+            if not name:
+                raise ModelfileError(number, _NAMED[keyword])
+        if rest.startswith('"""'):
+            parts = [rest[3:]]
             while '"""' not in parts[-1]:
                 if i >= len(lines):
-                    raise ModelfileError(number, 'a """ value is never closed')
+                    raise ModelfileError(number, f'the """ opened here is never closed; end the {keyword} value '
+                                                 'with """')
                 parts.append(lines[i])
                 i += 1
             joined = "\n".join(parts)
-            value, _, after = joined.partition('"""')
+            end = joined.index('"""')
+            while joined.startswith('"', end + 3):  # a value may end in quotes: the last three close it
+                end += 1
+            value, after = joined[:end], joined[end + 3:]
             if after.strip():
-                raise ModelfileError(number, f'unexpected text after the closing """: {after.strip()!r}')
-            rest = head + value
-        elif not rest:
-            raise ModelfileError(number, f"{keyword} needs a value")
-        yield number, keyword, rest, bool(quote)
+                raise ModelfileError(i, f'unexpected text after the closing """: {after.strip()!r}')
+        elif rest.startswith('"'):
+            rest = rest.rstrip()
+            if len(rest) < 2 or not rest.endswith('"'):
+                raise ModelfileError(number, 'a "quoted" value must end with " on the same line; '
+                                             'use """ for a value that spans lines')
+            value = rest[1:-1]
+        else:
+            value = rest.strip()
+            if not value:
+                raise ModelfileError(number, f"{keyword} {name} needs a value" if name else f"{keyword} needs a value")
+        yield _Instruction(number, keyword, name, value)
 
 
 def _path_like(value: str) -> bool:
@@ -78,50 +101,37 @@ def _path_like(value: str) -> bool:
 
 
 def _resolve(value: str, base_dir: Path, line: int, what: str) -> str:
-    path = (base_dir / Path(value).expanduser()).resolve()
+    path = (Path(base_dir) / Path(value).expanduser()).resolve()
     if not path.is_file():
-        raise ModelfileError(line, f"{what} file {value!r} not found (looked at {path})")
+        raise ModelfileError(line, f"{what} file {value!r} not found (looked for {path}); "
+                                   "paths are relative to the Modelfile's folder")
     return str(path)
 
 
-def parse_modelfile(text: str, base_dir: Path) -> ModelfileSpec:
-    spec = ModelfileSpec()
-    from_line = 0
-    licenses: list[str] = []
-    for line, keyword, value, was_block in _instructions(text):
-        if keyword == "FROM":
-            if from_line:
-                raise ModelfileError(line, f"FROM appears twice (first on line {from_line})")
-            from_line = line
-            spec.from_ = _resolve(value, base_dir, line, "model") if _path_like(value) else value
-        elif keyword == "PARAMETER":
-            _parameter(spec.parameters, value, line)
-        elif keyword == "TEMPLATE":
-            try:
-                compile_template(value)
-            except BadRequest as e:
-                raise ModelfileError(line, f"TEMPLATE is not a valid Jinja2 template: {e.message}") from None
-            spec.template = value
-        elif keyword == "SYSTEM":
-            spec.system = value if was_block else _unquote(value, line)
-        elif keyword == "ADAPTER":
-            spec.adapters.append(_resolve(_unquote(value, line), base_dir, line, "adapter"))
-        elif keyword == "LICENSE":
-            licenses.append(value if was_block else _unquote(value, line))
-        elif keyword == "MESSAGE":
-            role, _, content = value.partition(" ")
-            if role.lower() not in ROLES:
-                raise ModelfileError(line, f"MESSAGE role {role!r} must be one of {', '.join(ROLES)}")
-            spec.messages.append((role.lower(), content.strip() if was_block else _unquote(content.strip(), line)))
-    if not from_line:
-        raise ModelfileError(1, "no FROM instruction: a Modelfile must say which model it builds on (FROM smollm2)")
-    spec.license = "\n\n".join(licenses) or None
-    return spec
+def _from(value: str, base_dir: Path, line: int) -> str:
+    try:
+        if _path_like(value):
+            return _resolve(value, base_dir, line, "FROM")
+        if value.startswith("sha256"):
+            return normalize_digest(value)
+        parse_name(value)
+        return value
+    except ModelfileError:
+        raise
+    except BadRequest as e:
+        raise ModelfileError(line, f"FROM: {e.message}") from None
 
 
-def _parameter(parameters: dict[str, Any], value: str, line: int) -> None:
-    key, _, raw = value.partition(" ")
-    raw = _unquote(raw.strip(), line)
+def _adapter(value: str, base_dir: Path, line: int) -> str:
+    if value.startswith("sha256") and not _path_like(value):
+        try:
+            return normalize_digest(value)
+        except BadRequest as e:
+            raise ModelfileError(line, f"ADAPTER: {e.message}") from None
+    return _resolve(value, base_dir, line, "ADAPTER")
+
+
+def _parameter(parameters: dict[str, Any], key: str, raw: str, line: int) -> None:
     if not raw:
         raise ModelfileError(line, f"PARAMETER {key} needs a value")
     if key == "preset":
@@ -133,7 +143,49 @@ def _parameter(parameters: dict[str, Any], value: str, line: int) -> None:
         raise ModelfileError(line, f"unknown parameter {key!r}; known: {', '.join(OPTION_NAMES)}, preset")
     candidate = [*parameters.get("stop", []), raw] if key == "stop" else raw
     try:
-        parsed = parse_options({key: candidate}, where="PARAMETER")
+        parsed = parse_options({key: candidate}, where=f"PARAMETER {key}")  # coerces "0.7" to the option's type
     except BadRequest as e:
         raise ModelfileError(line, e.message) from None
     parameters[key] = getattr(parsed, key)
+
+
+def parse_modelfile(text: str, base_dir: Path) -> ModelfileSpec:
+    spec = ModelfileSpec()
+    from_line = 0
+    licenses: list[str] = []
+    for ins in _instructions(text):
+        if ins.keyword == "FROM":
+            if from_line:
+                raise ModelfileError(ins.line, f"FROM appears twice (first on line {from_line}); "
+                                               "a Modelfile builds on one model")
+            from_line = ins.line
+            spec.from_ = _from(ins.value, base_dir, ins.line)
+        elif ins.keyword == "PARAMETER":
+            _parameter(spec.parameters, ins.name, ins.value, ins.line)
+        elif ins.keyword == "TEMPLATE":
+            try:
+                compile_template(ins.value)  # the engine's own sandboxed environment
+            except BadRequest as e:
+                raise ModelfileError(ins.line, f"TEMPLATE is not a valid Jinja2 template: {e.message}") from None
+            spec.template = ins.value
+        elif ins.keyword == "SYSTEM":
+            spec.system = ins.value
+        elif ins.keyword == "ADAPTER":
+            spec.adapters.append(_adapter(ins.value, base_dir, ins.line))
+        elif ins.keyword == "LICENSE":
+            licenses.append(ins.value)
+        elif ins.keyword == "MESSAGE":
+            role = ins.name.lower()
+            if role not in ROLES:
+                raise ModelfileError(ins.line, f"MESSAGE role {ins.name!r} must be one of {', '.join(ROLES)}")
+            spec.messages.append((role, ins.value))
+    if not from_line:
+        raise ModelfileError(1, "no FROM instruction: a Modelfile must say which model it builds on, "
+                                "like: FROM smollm2 (or FROM ./model.gguf)")
+    spec.license = "\n\n".join(licenses) if licenses else None
+    # Each line was checked on its own; this checks the set as the engine will read it.
+    try:
+        parse_options({k: v for k, v in spec.parameters.items() if k != "preset"}, where="PARAMETERs")
+    except BadRequest as e:
+        raise ModelfileError(from_line, e.message) from None
+    return spec

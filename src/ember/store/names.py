@@ -19,23 +19,29 @@ class ModelName:
 
 
 def parse_name(raw: str) -> ModelName:
+    """Names become folder and file names in the store, so anything that could escape it is refused."""
+
     def bad(why: str) -> BadRequest:
         return BadRequest(f"invalid model name {raw!r}: {why}; names look like 'smollm2' or 'mymodel:v1' "
                           "(letters, digits, '.', '_', '-'; up to 80 characters each side of ':')")
 
-    if not isinstance(raw, str) or not raw:
+    if not isinstance(raw, str):
+        raise bad("it is not a string")
+    if not raw:
         raise bad("it is empty")
     if "/" in raw or "\\" in raw:
         raise bad("it contains a path separator")
     if ".." in raw:
         raise bad("it contains '..'")
+    if raw.count(":") > 1:
+        raise bad("it has more than one ':'")
     model, sep, tag = raw.partition(":")
+    if not model:
+        raise bad("the model part before ':' is empty")
     if sep and not tag:
         raise bad("the tag after ':' is empty")
-    tag = tag or DEFAULT_TAG
-    if ":" in tag:
-        raise bad("it has more than one ':'")
-    for part in (model, tag):
+    for part in (model, tag or DEFAULT_TAG):
         if not _PART.fullmatch(part):
-            raise bad(f"{part!r} is not allowed")
-    return ModelName(model, tag)
+            raise bad(f"{part!r} must start with a letter or digit and use only letters, digits, '.', '_', '-'"
+                      if len(part) <= 80 else f"{part[:20]!r}... is longer than 80 characters")
+    return ModelName(model, tag or DEFAULT_TAG)

@@ -1,6 +1,7 @@
 """The model store: manifests (one per name:tag) over content-addressed blobs, in the layout Ollama uses.
 
-Every write is atomic, and a lock file serialises the writers (server and CLI alike), so that a blob is never
+Every write is atomic, and blobs are written before the manifest that names them, so a process killed at any
+instant leaves the store whole. A lock file serialises writers (server and CLI alike), so that a blob is never
 collected while a new manifest is about to use it.
 """
 
@@ -17,22 +18,20 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ember.core.errors import BadRequest, NotFound, model_not_found
+from ember.core.errors import BadRequest, EmberError, NotFound, model_not_found
 from ember.core.options import PRESETS, parse_options
 from ember.core.templates import compile_template, supports_tools
 from ember.core.types import Message
-from ember.fsutil import atomic_write_bytes, remove_partials
-from ember.store import bundled
-from ember.store.blobs import BlobStore, normalize_digest
+from ember.fsutil import atomic_write_bytes, make_dirs, remove_partials
+from ember.store import bundled, manifests
+from ember.store.blobs import BlobStore, DigestMismatch, file_chunks, normalize_digest
 from ember.store.gguf_info import GGUFInfo, read_gguf_info
-from ember.store.modelfile import parse_modelfile
+from ember.store.manifests import Manifest, Manifests, layer_kind, layer_type, to_json
+from ember.store.modelfile import ROLES, parse_modelfile
 from ember.store.names import ModelName, parse_name
 
 log = logging.getLogger("ember.store")
 
-MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
-CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
-LAYER = "application/vnd.ollama.image."
 TEXT_LAYERS = ("template", "system", "license")
 
 Progress = Callable[[Any], None]
@@ -40,21 +39,22 @@ Progress = Callable[[Any], None]
 
 @dataclass
 class CreateSpec:
-    """What a new model is made of; None (or empty) fields are inherited from `from_` when it is a stored model."""
+    """What a new model is made of. `from_` is a stored model's name, an absolute GGUF path or a blob digest;
+    None (or empty) fields are inherited when it is a stored model, and parameters merge over the parent's."""
 
     from_: str
     parameters: dict[str, Any] = field(default_factory=dict)
     template: str | None = None
     system: str | None = None
     license: str | None = None
-    adapters: list[str] = field(default_factory=list)
+    adapters: list[str] = field(default_factory=list)  # absolute GGUF paths or blob digests
     messages: list[Message] = field(default_factory=list)
 
 
 @dataclass
 class Model:
-    name: str
-    digest: str  # of the manifest: two names with the same digest are the same model
+    name: str  # "model:tag"
+    digest: str  # sha256 hex of the manifest: two names with the same digest are the same model
     model_path: Path
     adapter_paths: list[Path]
     params: dict[str, Any]
@@ -71,70 +71,88 @@ class Model:
         return read_gguf_info(self.model_path)
 
 
-def _json(obj: Any) -> bytes:
-    return json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8")
-
-
 def _notify(progress: Progress | None, item: Any) -> None:
     if progress:
         progress(item)
 
 
+def _damaged(name: ModelName, why: str) -> EmberError:
+    return EmberError(f"model '{name}' is damaged ({why}); remove it with: ember rm {name}, "
+                      "then pull or create it again")
+
+
+def _quote(text: str) -> str:
+    """A Modelfile value that parses back to exactly `text`."""
+    if text and '"' not in text and not any(c.isspace() for c in text):
+        return text
+    if '"' not in text and "\n" not in text and "\r" not in text:
+        return f'"{text}"'
+    return f'"""{text}"""'
+
+
 class ModelStore:
     def __init__(self, root: Path):
         self.root = Path(root)
+        make_dirs(self.root)
         self.blobs = BlobStore(self.root / "blobs")
         self.manifests = self.root / "manifests"
-        self.manifests.mkdir(parents=True, exist_ok=True)
+        self._manifests = Manifests(self.manifests)
 
     # -- reading ---------------------------------------------------------------------------------------------------
 
-    def _manifest_path(self, name: ModelName) -> Path:
-        return self.manifests / name.model / name.tag
-
     def exists(self, raw: str) -> bool:
-        return self._manifest_path(parse_name(raw)).is_file()
+        return self._manifests.path(parse_name(raw)).is_file()
 
     def get(self, raw: str) -> Model:
         name = parse_name(raw)
-        path = self._manifest_path(name)
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise model_not_found(raw) from None
-        return self._model(str(name), data, path)
+            manifest = self._manifests.read(name)
+        except ValueError as e:
+            raise _damaged(name, str(e)) from None
+        if manifest is None:
+            raise model_not_found(raw)
+        return self._model(manifest)
 
-    def _model(self, name: str, data: bytes, path: Path) -> Model:
-        manifest = json.loads(data)
+    def _model(self, manifest: Manifest) -> Model:
         by_kind: dict[str, list[dict]] = {}
-        for layer in manifest["layers"]:
-            by_kind.setdefault(layer["mediaType"].removeprefix(LAYER), []).append(layer)
+        for layer in manifest.layers:
+            by_kind.setdefault(layer_kind(layer), []).append(layer)
+
+        def blob(layer: dict) -> Path:
+            path = self.blobs.path(layer["digest"])
+            if not path.is_file():
+                raise _damaged(manifest.name, f"its {layer_kind(layer)} blob {layer['digest']} is missing")
+            return path
 
         def text(kind: str) -> str | None:
             layers = by_kind.get(kind)
-            return self.blobs.require(layers[0]["digest"]).read_text(encoding="utf-8") if layers else None
+            return blob(layers[0]).read_text(encoding="utf-8") if layers else None
 
-        params = json.loads(text("params") or "{}")
-        messages = [Message(m["role"], m["content"]) for m in json.loads(text("messages") or "[]")]
+        try:
+            params = json.loads(text("params") or "{}")
+            messages = [Message(m["role"], m["content"]) for m in json.loads(text("messages") or "[]")]
+            if not isinstance(params, dict):
+                raise ValueError("params is not an object")
+            texts = {kind: text(kind) for kind in TEXT_LAYERS}
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise _damaged(manifest.name, f"a layer cannot be read: {e}") from None
         return Model(
-            name=name, digest=hashlib.sha256(data).hexdigest(),
-            model_path=self.blobs.require(by_kind["model"][0]["digest"]),
-            adapter_paths=[self.blobs.require(a["digest"]) for a in by_kind.get("adapter", [])],
-            params=params, template=text("template"), system=text("system"), license=text("license"),
-            messages=messages, size=sum(layer["size"] for layer in manifest["layers"]),
-            modified_at=datetime.fromtimestamp(path.stat().st_mtime, timezone.utc), layers=manifest["layers"],
+            name=str(manifest.name), digest=manifest.digest,
+            model_path=blob(by_kind["model"][0]),
+            adapter_paths=[blob(a) for a in by_kind.get("adapter", [])],
+            params=params, template=texts["template"], system=texts["system"], license=texts["license"],
+            messages=messages, size=sum(layer["size"] for layer in manifest.layers),
+            modified_at=datetime.fromtimestamp(manifest.mtime, timezone.utc),
+            layers=manifest.layers,
         )
 
     def list(self) -> list[Model]:
         models = []
-        for path in self.manifests.glob("*/*"):
-            if path.name.startswith(".tmp-") or not path.is_file():
-                continue
-            name = f"{path.parent.name}:{path.name}"
+        for name, path in self._manifests.names():
             try:
-                models.append(self._model(name, path.read_bytes(), path))
-            except (ValueError, KeyError, NotFound) as e:
-                log.warning("skipping damaged manifest %s: %s", path, e)
+                models.append(self._model(manifests.load(name, path)))
+            except (ValueError, EmberError, OSError) as e:
+                log.warning("skipping model %s: %s", name, getattr(e, "message", e))
         return sorted(models, key=lambda m: m.modified_at, reverse=True)
 
     # -- writing ---------------------------------------------------------------------------------------------------
@@ -145,53 +163,93 @@ class ModelStore:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def _write_manifest(self, name: ModelName, layers: list[dict[str, Any]], info: GGUFInfo) -> None:
-        config = self._layer(_json({"model_format": "gguf", "model_family": info.architecture,
-                                    "model_type": info.parameter_size, "file_type": info.quantization}), None)
-        manifest = {"schemaVersion": 2, "mediaType": MANIFEST_TYPE,
-                    "config": {"mediaType": CONFIG_TYPE, "digest": config["digest"], "size": config["size"]},
-                    "layers": layers}
-        path, data = self._manifest_path(name), _json(manifest)
-        if not (path.is_file() and path.read_bytes() == data):  # pulling again changes nothing, not even the date
-            atomic_write_bytes(path, data)
+    def _used_digests(self) -> set[str] | None:
+        """Every blob some manifest names; None if a manifest cannot be read (then nothing may be collected)."""
+        used: set[str] = set()
+        for name, path in self._manifests.names():
+            try:
+                used |= manifests.load(name, path).digests
+            except (ValueError, OSError) as e:
+                log.warning("not collecting unused files: %s", e)
+                return None
+        return used
 
-    def _layer(self, data: bytes, kind: str | None) -> dict[str, Any]:
-        digest = self.blobs.write_bytes(data)
-        return {"mediaType": LAYER + kind if kind else CONFIG_TYPE, "digest": digest, "size": len(data)}
+    def _release(self, old: Manifest | None) -> None:
+        """After a manifest is removed or replaced, remove its blobs that no manifest names any more."""
+        used = self._used_digests() if old else None
+        if old and used is not None:
+            for digest in old.digests - used:
+                self.blobs.remove(digest)
+
+    def _set_manifest(self, name: ModelName, data: bytes) -> None:
+        try:
+            old = self._manifests.read(name)
+        except ValueError:
+            old = None
+        self._manifests.write(name, data)
+        self._release(old)
+
+    def _write_manifest(self, name: ModelName, layers: list[dict[str, Any]], info: GGUFInfo) -> None:
+        config = self._layer(to_json({
+            "model_format": "gguf", "model_family": info.architecture, "model_families": [info.architecture],
+            "model_type": info.parameter_size,  # Ollama's name for it
+            "parameter_size": info.parameter_size, "file_type": info.quantization,
+        }), None)
+        self._set_manifest(name, manifests.build(config, layers))
+
+    def _layer(self, data: bytes, kind: str | None, progress: Progress | None = None) -> dict[str, Any]:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        _notify(progress, f"{'using existing' if self.blobs.has(digest) else 'creating new'} layer {digest}")
+        self.blobs.write_chunks([data], digest)
+        return {"mediaType": layer_type(kind) if kind else manifests.CONFIG_TYPE, "digest": digest,
+                "size": len(data)}
 
     def _file_layer(self, source: str, kind: str, progress: Progress | None) -> dict[str, Any]:
-        """A GGUF given as a blob digest or a file path, imported (and hashed) if it is not a blob yet."""
+        """A GGUF given as a blob digest or an absolute path, imported (and hashed) if it is not a blob yet."""
         if source.startswith("sha256"):
-            path = self.blobs.require(normalize_digest(source))
-            digest = normalize_digest(source)
-            _notify(progress, f"using existing layer {digest}")
+            digest, existed = normalize_digest(source), True
         else:
-            digest = self.blobs.import_file(Path(source))
-            _notify(progress, f"creating new layer {digest}")
-            path = self.blobs.path(digest)
-        return {"mediaType": LAYER + kind, "digest": digest, "size": path.stat().st_size}
+            digest = self.blobs.file_digest(Path(source))
+            existed = self.blobs.has(digest)
+            if not existed:
+                self.blobs.import_file(Path(source), digest=digest)
+        _notify(progress, f"{'using existing' if existed else 'creating new'} layer {digest}")
+        return {"mediaType": layer_type(kind), "digest": digest, "size": self.blobs.size(digest)}
 
     def _check_gguf(self, source: str, adapter: bool) -> None:
-        path = self.blobs.require(source) if source.startswith("sha256") else Path(source)
-        if not source.startswith("sha256") and not path.is_file():
-            raise BadRequest(f"no such file: {source}")
+        what = "ADAPTER" if adapter else "FROM"
+        if source.startswith("sha256"):
+            path = self.blobs.require(normalize_digest(source))
+        else:
+            path = Path(source)
+            if not path.is_absolute():
+                raise BadRequest(f"{what} {source!r}: a GGUF file must be given by its absolute path")
+            if not path.is_file():
+                raise BadRequest(f"{what} {source!r}: no such file")
         info = read_gguf_info(path)
         if adapter and not info.is_lora_adapter:
-            raise BadRequest(f"ADAPTER {source} is a model, not a LoRA adapter GGUF")
+            raise BadRequest(f"ADAPTER {source} is a model, not a LoRA adapter GGUF (general.type must be 'adapter')")
         if not adapter and info.is_lora_adapter:
             raise BadRequest(f"{source} is a LoRA adapter; use it with ADAPTER on top of a FROM model")
 
+    def _parent(self, source: str) -> Model | None:
+        if source.startswith("sha256"):
+            self._check_gguf(source, adapter=False)
+            return None
+        if "/" in source or "\\" in source or source.lower().endswith(".gguf"):
+            self._check_gguf(source, adapter=False)
+            return None
+        return self.get(source)
+
     def create(self, raw_name: str, spec: CreateSpec, progress: Progress | None = None) -> Model:
-        """Checks everything before the first progress report, so that an API caller can still answer 4xx."""
+        """Everything is checked before the first progress report, so that an API caller can still answer 4xx."""
         name = parse_name(raw_name)
-        parent = None
-        if spec.from_.startswith("sha256") or Path(spec.from_).is_absolute():
-            self._check_gguf(spec.from_, adapter=False)
-        else:
-            parent = self.get(spec.from_)
+        if not isinstance(spec.from_, str) or not spec.from_.strip():
+            raise BadRequest("create needs FROM: a model name, an absolute GGUF path or a blob digest")
+        parent = self._parent(spec.from_.strip())
         for adapter in spec.adapters:
             self._check_gguf(adapter, adapter=True)
-        params = {**(parent.params if parent else {}), **spec.parameters}
+        params = {**(parent.params if parent else {}), **(spec.parameters or {})}
         preset = params.pop("preset", None)
         if preset is not None and preset not in PRESETS:
             raise BadRequest(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
@@ -200,73 +258,92 @@ class ModelStore:
             params["preset"] = preset
         if spec.template:
             compile_template(spec.template)
+        for m in spec.messages:
+            if m.role not in ROLES:
+                raise BadRequest(f"message role {m.role!r} must be one of {', '.join(ROLES)}")
 
         with self._writing():
             if parent:
-                layers = [l for l in parent.layers if l["mediaType"].removeprefix(LAYER) == "model"]
+                layers = [layer for layer in parent.layers if layer_kind(layer) == "model"]
                 _notify(progress, f"using existing layer {layers[0]['digest']}")
             else:
-                layers = [self._file_layer(spec.from_, "model", progress)]
+                layers = [self._file_layer(spec.from_.strip(), "model", progress)]
             if spec.adapters:
                 layers += [self._file_layer(a, "adapter", progress) for a in spec.adapters]
             elif parent:
-                layers += [l for l in parent.layers if l["mediaType"] == LAYER + "adapter"]
-            texts = {"template": spec.template or (parent and parent.template),
-                     "system": spec.system if spec.system is not None else (parent and parent.system),
-                     "license": spec.license or (parent and parent.license)}
+                for layer in parent.layers:
+                    if layer_kind(layer) == "adapter":
+                        layers.append(layer)
+                        _notify(progress, f"using existing layer {layer['digest']}")
+            texts = {"template": spec.template or (parent.template if parent else None),
+                     "system": spec.system if spec.system is not None else (parent.system if parent else None),
+                     "license": spec.license or (parent.license if parent else None)}
             for kind in TEXT_LAYERS:
                 if texts[kind]:
-                    layers.append(self._layer(texts[kind].encode("utf-8"), kind))
+                    layers.append(self._layer(texts[kind].encode("utf-8"), kind, progress))
             messages = spec.messages or (parent.messages if parent else [])
             if messages:
-                layers.append(self._layer(_json([{"role": m.role, "content": m.content} for m in messages]),
-                                          "messages"))
+                layers.append(self._layer(to_json([{"role": m.role, "content": m.content} for m in messages]),
+                                          "messages", progress))
             if params:
-                layers.append(self._layer(_json(params), "params"))
+                layers.append(self._layer(to_json(params), "params", progress))
             info = read_gguf_info(self.blobs.path(layers[0]["digest"]))
             _notify(progress, "writing manifest")
             self._write_manifest(name, layers, info)
         _notify(progress, "success")
         return self.get(str(name))
 
-    def create_from_modelfile(self, raw_name: str, text: str, base_dir: Path, progress: Progress | None = None) -> Model:
+    def create_from_modelfile(self, raw_name: str, text: str, base_dir: Path,
+                              progress: Progress | None = None) -> Model:
         parse_name(raw_name)
         parsed = parse_modelfile(text, base_dir)
         spec = CreateSpec(from_=parsed.from_, parameters=parsed.parameters, template=parsed.template,
                           system=parsed.system, license=parsed.license, adapters=parsed.adapters,
                           messages=[Message(role, content) for role, content in parsed.messages])
-        return self.create(raw_name, spec, progress)
+        started = False
+
+        def report(item: Any) -> None:
+            # Held back until create has checked everything, so that a refusal is still a plain error.
+            nonlocal started
+            if not started:
+                started = True
+                _notify(progress, "parsing modelfile")
+            _notify(progress, item)
+
+        return self.create(raw_name, spec, report)
 
     def copy(self, source: str, destination: str) -> None:
-        target = parse_name(destination)
+        src, dst = parse_name(source), parse_name(destination)
         with self._writing():
-            data = self._manifest_path(parse_name(source)).read_bytes() if self.exists(source) else None
-            if data is None:
-                raise model_not_found(source)
-            atomic_write_bytes(self._manifest_path(target), data)
+            self.get(str(src))  # not found, or damaged: refuse to spread it
+            self._set_manifest(dst, self._manifests.read(src).data)
 
     def delete(self, raw: str) -> None:
+        """Remove the name; the blobs go too unless another model uses them."""
         name = parse_name(raw)
-        path = self._manifest_path(name)
         with self._writing():
-            if not path.is_file():
+            try:
+                old = self._manifests.read(name)
+            except ValueError:
+                old = None  # a damaged manifest can still be removed; its blobs are left to prune()
+            if old is None and not self._manifests.path(name).is_file():
                 raise model_not_found(raw)
-            path.unlink()
-            if not any(path.parent.iterdir()):
-                path.parent.rmdir()
-            self._collect_garbage()
+            self._manifests.remove(name)
+            self._release(old)
 
-    def _collect_garbage(self) -> None:
-        used = set()
-        for manifest in self.manifests.glob("*/*"):
-            if manifest.is_file() and not manifest.name.startswith(".tmp-"):
-                data = json.loads(manifest.read_bytes())
-                used.add(data["config"]["digest"])
-                used.update(layer["digest"] for layer in data["layers"])
-        for digest in self.blobs.all_digests() - used:
-            self.blobs.remove(digest)
+    def prune(self) -> int:
+        """Remove every blob no manifest names (left by a killed create, or uploaded and never used)."""
+        with self._writing():
+            used = self._used_digests()
+            if used is None:
+                return 0
+            unused = self.blobs.all_digests() - used
+            for digest in unused:
+                self.blobs.remove(digest)
+            return len(unused)
 
     def cleanup_partials(self) -> int:
+        """Remove the temp files of killed writers (run at startup); files being written now are kept."""
         return remove_partials(self.root)
 
     # -- bundled models --------------------------------------------------------------------------------------------
@@ -277,39 +354,47 @@ class ModelStore:
         if entry is None:
             raise NotFound(f"model '{raw}' is not in ember's catalog of bundled models (nothing is downloaded); "
                            f"available: {', '.join(bundled.catalog_names())}. Make your own with: ember create")
-        source = bundled.bundled_gguf(entry)
+        source = bundled.locate(entry)
         _notify(progress, {"status": "pulling manifest"})
-        total = source.stat().st_size
-        with open(source, "rb") as f:
-            digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+        try:
+            total = source.stat().st_size
+            with open(source, "rb") as f:
+                digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError as e:
+            raise NotFound(f"cannot read {source}: {e.strerror}; reinstall {entry.distribution}") from None
+        status = f"pulling {digest[7:19]}"
         with self._writing():
             if not self.blobs.has(digest):
-                copied = self.blobs.import_file(source, lambda done, total: _notify(progress, {
-                    "status": f"pulling {digest[7:19]}", "digest": digest, "total": total, "completed": done}))
-                if copied != digest:
-                    raise BadRequest(f"{source} changed while it was being copied; pull again")
-            _notify(progress, {"status": f"pulling {digest[7:19]}", "digest": digest, "total": total,
-                               "completed": total})
+                try:
+                    self.blobs.write_chunks(file_chunks(source), digest, lambda done: _notify(progress, {
+                        "status": status, "digest": digest, "total": total, "completed": done}))
+                except DigestMismatch:
+                    raise EmberError(f"{source} changed while it was being copied; pull again") from None
+            _notify(progress, {"status": status, "digest": digest, "total": total, "completed": total})
             _notify(progress, {"status": "verifying sha256 digest"})
-            layers = [{"mediaType": LAYER + "model", "digest": digest, "size": total},
+            info = read_gguf_info(self.blobs.path(digest))
+            layers = [{"mediaType": layer_type("model"), "digest": digest, "size": total},
                       self._layer(entry.license.encode("utf-8"), "license")]
             _notify(progress, {"status": "writing manifest"})
-            self._write_manifest(name, layers, read_gguf_info(self.blobs.path(digest)))
+            self._write_manifest(name, layers, info)
         _notify(progress, {"status": "success"})
         return self.get(str(name))
 
     # -- showing and exporting -------------------------------------------------------------------------------------
 
-    def modelfile(self, model: Model, from_line: str | None = None) -> str:
-        lines = [f"# Modelfile for {model.name}", f"FROM {from_line or model.model_path}"]
+    def modelfile(self, model: Model, from_line: str | None = None, adapter_lines: list[str] | None = None) -> str:
+        """A Modelfile that recreates `model` (by default from its blobs' absolute paths)."""
+        lines = [f"# Modelfile for {model.name}, written by ember",
+                 f"# To build on this model instead, replace the FROM line with: FROM {model.name}",
+                 f"FROM {from_line or model.model_path}"]
+        lines += [f"ADAPTER {a}" for a in (adapter_lines if adapter_lines is not None else model.adapter_paths)]
+        for kind, text in (("TEMPLATE", model.template), ("SYSTEM", model.system)):
+            if text is not None:
+                lines.append(f'{kind} """{text}"""')
         for key, value in model.params.items():
             for item in value if isinstance(value, list) else [value]:
-                lines.append(f'PARAMETER {key} {json.dumps(item) if isinstance(item, str) and " " in item else item}')
-        for kind, text in (("TEMPLATE", model.template), ("SYSTEM", model.system)):
-            if text:
-                lines.append(f'{kind} """{text}"""')
-        for m in model.messages:
-            lines.append(f'MESSAGE {m.role} """{m.content}"""')
+                lines.append(f"PARAMETER {key} {_quote(item) if isinstance(item, str) else item}")
+        lines += [f'MESSAGE {m.role} """{m.content}"""' for m in model.messages]
         if model.license:
             lines.append(f'LICENSE """{model.license}"""')
         return "\n".join(lines) + "\n"
@@ -320,6 +405,10 @@ class ModelStore:
         template = model.template or info.chat_template or ""
         parameters = "\n".join(f"{k} {json.dumps(v) if isinstance(v, str) else v}" for k, vs in model.params.items()
                                for v in (vs if isinstance(vs, list) else [vs]))
+        if f"{info.architecture}.pooling_type" in info.model_info:  # an embedding model (BERT and kin)
+            capabilities = ["embedding"]
+        else:
+            capabilities = ["completion"] + (["tools"] if supports_tools(template) else [])
         return {
             "modelfile": self.modelfile(model), "parameters": parameters, "template": template,
             "system": model.system or "", "license": model.license or "",
@@ -327,24 +416,30 @@ class ModelStore:
                         "families": [info.architecture], "parameter_size": info.parameter_size,
                         "quantization_level": info.quantization},
             "model_info": {**info.model_info, "general.parameter_count": info.parameter_count},
-            "capabilities": ["completion", "embedding"] + (["tools"] if supports_tools(template) else []),
+            "capabilities": capabilities,
             "modified_at": model.modified_at.isoformat().replace("+00:00", "Z"),
         }
 
     def export(self, raw: str, dest: Path) -> list[Path]:
+        """Write the GGUF, adapters and a Modelfile under readable names; never overwrites."""
         model = self.get(raw)
         name = parse_name(raw)
+        dest = Path(dest)
         base = f"{name.model}-{name.tag}"
-        targets = [dest / f"{base}.gguf"] + [dest / f"{base}-adapter-{i + 1}.gguf" for i in range(len(model.adapter_paths))]
+        targets = [dest / f"{base}.gguf"] + [dest / f"{base}-adapter-{i + 1}.gguf"
+                                             for i in range(len(model.adapter_paths))]
         modelfile = dest / "Modelfile"
         clash = [p for p in [*targets, modelfile] if p.exists()]
         if clash:
-            raise BadRequest(f"{clash[0]} already exists; export into an empty folder or remove it first")
-        dest.mkdir(parents=True, exist_ok=True)
-        layers = [model.layers[0]] + [l for l in model.layers if l["mediaType"] == LAYER + "adapter"]
-        for layer, target in zip(layers, targets):
-            self.blobs.copy_out(layer["digest"], target)
-        text = self.modelfile(model, from_line=f"./{targets[0].name}")
-        text += "".join(f"ADAPTER ./{t.name}\n" for t in targets[1:])
-        atomic_write_bytes(modelfile, text.encode("utf-8"))
+            raise BadRequest(f"{clash[0]} already exists; export into another folder or remove it first")
+        try:
+            make_dirs(dest)
+            files = [layer for kind in ("model", "adapter") for layer in model.layers if layer_kind(layer) == kind]
+            for layer, target in zip(files, targets):
+                self.blobs.copy_out(layer["digest"], target)
+            text = self.modelfile(model, from_line=f"./{targets[0].name}",
+                                  adapter_lines=[f"./{t.name}" for t in targets[1:]])
+            atomic_write_bytes(modelfile, text.encode("utf-8"))
+        except (NotADirectoryError, FileExistsError, PermissionError) as e:
+            raise BadRequest(f"cannot export into {dest}: {e.strerror}") from None
         return [*targets, modelfile]
