@@ -1,6 +1,7 @@
 """Several requests share one loaded model: same answers alone or batched, from the prefix cache or not."""
 
 import concurrent.futures as cf
+import math
 import time
 
 import httpx
@@ -79,3 +80,35 @@ def test_disconnect_frees_the_slot_at_once(make_server):
         # With its only slot free again, the next request is answered at once.
         started = time.time()
         assert generate(srv.url, "hi", num_predict=2)["done"] and time.time() - started < 3
+
+
+def test_concurrent_embed_requests_share_one_decode(ember_home):
+    from ember.engines.base import LoadSpec
+    from ember.engines.llamacpp import load
+    from ember.store.store import ModelStore
+
+    embedder = load(LoadSpec(model_path=ModelStore(ember_home / "models").get("smollm2").model_path, num_ctx=512,
+                             embedding=True))
+    texts = ["hello world", "привет мир", "the river keeper", "тихий вечер"]
+    alone = [embedder.embed([embedder.tokenize(t, special=False)])[0] for t in texts]
+    decodes = 0
+    real_decode = embedder.llm._ctx.decode
+
+    def counting_decode(batch):
+        nonlocal decodes
+        decodes += 1
+        return real_decode(batch)
+
+    embedder.llm._ctx.decode = counting_decode
+    with cf.ThreadPoolExecutor(len(texts)) as pool:
+        with embedder._lock:  # hold the context until every request is waiting, as under load
+            futures = [pool.submit(embedder.embed, [embedder.tokenize(t, special=False)]) for t in texts]
+            while len(embedder._waiting) < len(texts):
+                time.sleep(0.01)
+        together_ = [f.result()[0] for f in futures]
+    embedder.close()
+    assert decodes == 1
+    # llama.cpp's matrix kernels round a little differently by a row's place in the batch: same direction, not bits.
+    for batched, single in zip(together_, alone):
+        cosine = sum(a * b for a, b in zip(batched, single)) / math.hypot(*batched) / math.hypot(*single)
+        assert cosine > 0.9999

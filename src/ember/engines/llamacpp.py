@@ -24,6 +24,23 @@ from ember.engines.base import LoadSpec, Sequence
 
 log = logging.getLogger("ember.engine")
 
+# ggml log levels: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line. llama.cpp's warnings are
+# advice for its developers (e.g. "the full capacity of the model will not be utilized"): ember's log, not the terminal.
+_LOG_LEVELS = {3: logging.INFO, 4: logging.ERROR}
+_llama_log = logging.getLogger("ember.engine.llama")
+
+
+@llama_cpp.llama_log_callback
+def _log_from_llama(level: int, text: bytes, _user_data) -> None:
+    # llama-cpp-python prints llama.cpp's ~180 KB of load chatter to stderr unless a `Llama(verbose=False)` was made;
+    # routed into ember's logger, it stays out of the terminal and `ember serve` shows the warnings.
+    line = text.decode("utf-8", errors="replace").rstrip()
+    if line:
+        _llama_log.log(_LOG_LEVELS.get(level, logging.DEBUG), "%s", line)
+
+
+llama_cpp.llama_log_set(_log_from_llama, ctypes.c_void_p(0))
+
 
 def default_threads() -> int:
     # Generation is memory-bound: one thread per core, as llama.cpp's own default does.
@@ -311,8 +328,19 @@ class LlamaCppRunner(_Vocabulary):
                 self._finish(slot, "length")
 
 
+class _EmbedJob:
+    def __init__(self, token_lists: list[list[int]]):
+        self.token_lists = token_lists
+        self.vectors: list[list[float]] | None = None
+        self.error: BaseException | None = None
+
+
 class LlamaCppEmbedder(_Vocabulary):
-    """A model loaded for embeddings: mean-pooled, several inputs per decode."""
+    """A model loaded for embeddings: mean-pooled, several inputs per decode.
+
+    Concurrent requests are combined: whichever caller holds the context next embeds every request waiting then, so
+    eight callers sending one text each cost about one decode, not eight.
+    """
 
     def __init__(self, spec: LoadSpec):
         self.spec = spec
@@ -322,12 +350,34 @@ class LlamaCppEmbedder(_Vocabulary):
         self._init_vocab(self.llm._model)
         self.n_ctx = self.llm.n_ctx()
         self.memory_bytes = self.llm._model.size()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while the context decodes
+        self._waiting: list[_EmbedJob] = []
+        self._waiting_lock = threading.Lock()
 
     def submit(self, sequence: Sequence) -> None:
         sequence.ended("error", BadRequest("this runner embeds; generation uses a runner loaded for it"))
 
     def embed(self, token_lists: list[list[int]]) -> list[list[float]]:
+        job = _EmbedJob(token_lists)
+        with self._waiting_lock:
+            self._waiting.append(job)
+        with self._lock:
+            if job.vectors is None and job.error is None:  # nobody took it along while we waited
+                with self._waiting_lock:
+                    jobs, self._waiting = self._waiting, []
+                try:
+                    vectors = self._embed_all([toks for j in jobs for toks in j.token_lists])
+                except BaseException as e:
+                    for j in jobs:
+                        j.error = e
+                else:
+                    for j in jobs:
+                        j.vectors, vectors = vectors[: len(j.token_lists)], vectors[len(j.token_lists):]
+        if job.error is not None:
+            raise job.error
+        return job.vectors
+
+    def _embed_all(self, token_lists: list[list[int]]) -> list[list[float]]:
         llm, n_embd = self.llm, self.llm.n_embd()
         n_seq_max = llm.context_params.n_seq_max
         out: list[list[float]] = []
@@ -345,14 +395,13 @@ class LlamaCppEmbedder(_Vocabulary):
                 out.append(list(llama_cpp.llama_get_embeddings_seq(llm.ctx, seq_id)[:n_embd]))
             group.clear()
 
-        with self._lock:
-            # One decode per group of inputs that fits a batch (n_seq_max sequences, n_ctx tokens).
-            for toks in token_lists:
-                if group and (len(group) >= n_seq_max or sum(map(len, group)) + len(toks) > self.n_ctx):
-                    flush()
-                group.append(toks)
-            flush()
-            llm._ctx.kv_cache_clear()
+        # One decode per group of inputs that fits a batch (n_seq_max sequences, n_ctx tokens).
+        for toks in token_lists:
+            if group and (len(group) >= n_seq_max or sum(map(len, group)) + len(toks) > self.n_ctx):
+                flush()
+            group.append(toks)
+        flush()
+        llm._ctx.kv_cache_clear()
         return out
 
     def close(self) -> None:
