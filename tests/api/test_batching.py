@@ -20,9 +20,9 @@ def generate(url: str, prompt: str, **options) -> dict:
     return r.json()
 
 
-def chat(url: str, question: str) -> dict:
+def chat(url: str, question: str, system: str = SYSTEM) -> dict:
     body = {"model": "smollm2", "temperature": 0, "max_tokens": 24,
-            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]}
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]}
     r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
     assert r.status_code == 200, r.text
     return r.json()
@@ -54,6 +54,50 @@ def test_prefix_cache_reuses_the_system_prompt_and_changes_nothing(make_server):
     cold = make_server(EMBER_NUM_PARALLEL="2")
     fresh = chat(cold.url, "When do you open?")
     assert cached(fresh) == 0 and fresh["choices"][0]["message"] == second["choices"][0]["message"]
+
+
+def test_two_chats_keep_their_own_caches(make_server):
+    srv = make_server(EMBER_NUM_PARALLEL="2")
+    # Both system prompts start alike, as real ones do; neither chat may take the other's slot for those few tokens.
+    keeper, sailor = "You are the keeper of a lighthouse. " * 12, "You are the sailor on a ship. " * 12
+    for turn in range(2):
+        for system in (keeper, sailor):
+            reply = chat(srv.url, f"Question {turn}?", system)
+            # The second turn reads only what follows the cached system prompt: the question and the template's tail.
+            expected = reply["usage"]["prompt_tokens"] - 8 if turn else 0
+            assert cached(reply) >= expected, (turn, system[:20], reply["usage"])
+
+
+def test_a_busy_slot_shares_its_system_prompt(make_server):
+    srv = make_server(EMBER_NUM_PARALLEL="2")
+    long_answer = {"model": "smollm2", "stream": True, "max_tokens": 400, "temperature": 0,
+                   "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell a story."}]}
+    with httpx.stream("POST", f"{srv.url}/v1/chat/completions", json=long_answer, timeout=120) as r:
+        next(r.iter_lines())
+        # The first request still generates in its slot; the second gets the system prompt's KV copied over.
+        second = chat(srv.url, "When do you open?")
+    assert 180 < cached(second) < second["usage"]["prompt_tokens"]
+    fresh = chat(make_server(EMBER_NUM_PARALLEL="2").url, "When do you open?")
+    assert fresh["choices"][0]["message"] == second["choices"][0]["message"]
+
+
+def test_a_long_prompt_is_read_between_a_running_streams_tokens(make_server):
+    srv = make_server(EMBER_NUM_PARALLEL="2")
+    endless = {"model": "smollm2", "prompt": "numbers", "options": {"num_predict": 3000},
+               "format": {"type": "array", "items": {"type": "integer"}, "minItems": 2000}}
+    long_prompt = "The keeper climbed the stairs and lit the lantern. " * 120  # ~1300 tokens
+    tokens_meanwhile = 0
+    with httpx.stream("POST", f"{srv.url}/api/generate", json=endless, timeout=120) as r:
+        lines = r.iter_lines()
+        next(lines)
+        with cf.ThreadPoolExecutor(1) as pool:
+            long = pool.submit(generate, srv.url, long_prompt, num_predict=1)
+            while not long.done():
+                next(lines)
+                tokens_meanwhile += 1
+        assert long.result()["prompt_eval_count"] > 1000
+    # Read in chunks between the stream's steps, the long prompt never stalled it for its whole length.
+    assert tokens_meanwhile >= 20
 
 
 def test_ps_shows_slots(make_server):

@@ -5,22 +5,25 @@ Workloads (issue 3), driven from this process over HTTP, one peer at a time:
   W2 eight concurrent streams: different 64-token prompts, 128 tokens each
   W3 two conversations alternating turns, each with its own ~1000-token system prompt, eight turns each
   W4 a 3000-token prompt arriving while eight streams run: their token rate while it is read
-plus the floors measured in-process with llama.cpp and no server: one stream, and eight sequences in one batch.
+plus the floors measured in-process with llama.cpp and no server, beside each peer's runs: one stream, and eight
+sequences in one batch.
 """
 
-import asyncio
-import ctypes
+import http.client
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
 
 WORDS = ("the river keeper lantern storm harbor morning garden letter window mountain silver quiet story "
          "road winter candle market bridge forest").split()
@@ -66,96 +69,137 @@ class Peer:
         self.proc.wait(30)
 
 
-async def stream_completion(client: httpx.AsyncClient, url: str, model: str, prompt: str | list, max_tokens: int,
-                            chat: bool = False) -> Stream:
+def stream_completion(url: str, model: str, prompt: str | list, max_tokens: int, chat: bool = False,
+                      record: Stream | None = None, stop: threading.Event | None = None) -> Stream:
+    """One streamed request; the time each piece of text arrived. `stop` set: hang up, as a client that leaves.
+
+    The standard library's blocking client, one thread per stream: on two cores the measuring side has to be cheap
+    (httpx's async client spent ~0.6 ms of CPU per token here, 0.2 ms for this), or it slows the server it measures.
+    """
     path = "/v1/chat/completions" if chat else "/v1/completions"
     body = {"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True}
     body["messages" if chat else "prompt"] = prompt
-    record = Stream(time.perf_counter())
-    async with client.stream("POST", url + path, json=body, timeout=600) as response:
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+    record = record or Stream(time.perf_counter())
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=900)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        if response.status != 200:
+            raise SystemExit(f"{url}{path} answered {response.status}: {response.read()[:300]!r}")
+        while not (stop and stop.is_set()):
+            line = response.readline()
+            if not line:
+                break
+            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                 continue
             choice = (json.loads(line[6:]).get("choices") or [{}])[0]
-            piece = choice.get("delta", {}).get("content") if chat else choice.get("text")
-            if piece:
+            if (choice.get("delta", {}).get("content") if chat else choice.get("text")):
                 record.token_times.append(time.perf_counter())
+    finally:
+        conn.close()
     return record
+
+
+def concurrently(calls: list) -> list:
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [f.result() for f in [pool.submit(call) for call in calls]]
 
 
 def rate(streams: list[Stream], start: float, end: float) -> float:
     return sum(1 for s in streams for t in s.token_times if start <= t < end) / max(end - start, 1e-9)
 
 
-async def w1(url, model, prompt):
-    async with httpx.AsyncClient() as client:
-        await stream_completion(client, url, model, prompt, 8)  # load and warm
-        runs = [await stream_completion(client, url, model, prompt, 256) for _ in range(3)]
-    return {"decode_tps": statistics.median((len(r.token_times) - 1) / (r.token_times[-1] - r.token_times[0])
-                                            for r in runs),
-            "ttft_s": statistics.median(r.ttft for r in runs), "tokens": len(runs[0].token_times)}
+def decode_tps(stamps: list[float]) -> float:
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-async def w2(url, model, prompts, max_tokens=128):
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=32)) as client:
-        await stream_completion(client, url, model, prompts[0], 4)
-        start = time.perf_counter()
-        streams = await asyncio.gather(*(stream_completion(client, url, model, p, max_tokens) for p in prompts))
-    end = max(s.token_times[-1] for s in streams)
+def w1(url, model, prompt, engine) -> dict:
+    """One stream, taking turns with the same stream run in-process, so both see the same machine."""
+    stream_completion(url, model, prompt, 8)  # load and warm
+    ours, floor = [], []
+    for _ in range(3):
+        floor.append(engine())
+        ours.append(stream_completion(url, model, prompt, 256))
+    return {"decode_tps": statistics.median(decode_tps(r.token_times) for r in ours),
+            "in_process_decode_tps": statistics.median(floor),
+            "ttft_s": statistics.median(r.ttft for r in ours), "tokens": len(ours[0].token_times)}
+
+
+def w2(url, model, prompts, max_tokens=128) -> dict:
+    stream_completion(url, model, prompts[0], 4)
+    start = time.perf_counter()
+    streams = concurrently([lambda p=p: stream_completion(url, model, p, max_tokens) for p in prompts])
+    first, last = min(s.token_times[0] for s in streams), max(s.token_times[-1] for s in streams)
+    tokens = sum(len(s.token_times) for s in streams)
     ttfts = sorted(s.ttft for s in streams)
-    return {"aggregate_tps": sum(len(s.token_times) for s in streams) / (end - start),
-            "p95_ttft_s": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
-            "tokens": sum(len(s.token_times) for s in streams)}
+    # Decoding rate over the span in which the streams decode, the quantity the in-process batch limit measures;
+    # the rate from the requests' start (prompts read included) is kept too.
+    return {"aggregate_tps": (tokens - len(streams)) / (last - first), "wall_tps": tokens / (last - start),
+            "p95_ttft_s": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))], "tokens": tokens}
 
 
-async def w3(url, model, systems, turns=8):
+def w3(url, model, systems, turns=8) -> dict:
     """Two conversations take turns; each turn resends its whole history, as chat clients do."""
     histories = [[{"role": "system", "content": s}] for s in systems]
     ttfts: list[list[float]] = [[], []]
-    async with httpx.AsyncClient() as client:
-        for turn in range(turns):
-            for c, history in enumerate(histories):
-                history.append({"role": "user", "content": f"Question {turn + 1}: what happens next in the story?"})
-                record = await stream_completion(client, url, model, history, 24, chat=True)
-                ttfts[c].append(record.ttft)
-                history.append({"role": "assistant", "content": "Then the keeper lit the lantern again."})
+    for turn in range(turns):
+        for c, history in enumerate(histories):
+            history.append({"role": "user", "content": f"Question {turn + 1}: what happens next in the story?"})
+            ttfts[c].append(stream_completion(url, model, history, 24, chat=True).ttft)
+            history.append({"role": "assistant", "content": "Then the keeper lit the lantern again."})
     return {"first_turn_ttft_s": [t[0] for t in ttfts],
             "later_turns_median_ttft_s": [statistics.median(t[1:]) for t in ttfts],
             "ratio": max(statistics.median(t[1:]) / t[0] for t in ttfts)}
 
 
-async def w4(url, model, prompts, long_prompt):
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=32)) as client:
-        await stream_completion(client, url, model, prompts[0], 4)
-        tasks = [asyncio.create_task(stream_completion(client, url, model, p, 400)) for p in prompts]
-        await asyncio.sleep(3.0)
+def w4(url, model, prompts, long_prompt) -> dict:
+    """Eight streams generate; once all have started (or 10 s passed), a 3000-token prompt arrives.
+
+    The streams ask for more tokens than they get to make and hang up 2 s after the long prompt is read, so they run
+    throughout. Their rate while it is read is compared with their rate in the 2 s before it arrived and the 2 s after
+    (the mean of the two: streams slow down as their own context grows, whatever else happens). A server that serves
+    one request at a time reads the long prompt only after all of them; then the rate before is the baseline.
+    """
+    stream_completion(url, model, prompts[0], 4)
+    stop = threading.Event()
+    streams = [Stream(time.perf_counter()) for _ in prompts]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        running = [pool.submit(stream_completion, url, model, p, 1500, record=record, stop=stop)
+                   for p, record in zip(prompts, streams)]
+        deadline = time.perf_counter() + 10
+        while time.perf_counter() < deadline and not all(s.token_times for s in streams):
+            time.sleep(0.05)
+        time.sleep(2.0)
         long_sent = time.perf_counter()
-        long = await stream_completion(client, url, model, long_prompt, 1)
+        long = stream_completion(url, model, long_prompt, 1)
         long_read = long.token_times[0] if long.token_times else time.perf_counter()
-        streams = await asyncio.gather(*tasks)
+        time.sleep(2.0)
+        stop.set()
+        for stream in running:
+            stream.result()  # a stream that failed fails the benchmark, rather than measuring nothing
     before = rate(streams, long_sent - 2.0, long_sent)
+    after = rate(streams, long_read, long_read + 2.0)
     during = rate(streams, long_sent, long_read)
-    return {"rate_before_tps": before, "rate_during_tps": during, "kept": during / before if before else 0.0,
-            "long_prompt_s": long_read - long_sent}
+    baseline = (before + after) / 2 if after else before
+    return {"rate_before_tps": before, "rate_after_tps": after, "rate_during_tps": during,
+            "kept": during / baseline if baseline else 0.0, "long_prompt_s": long_read - long_sent}
 
 
-def in_process(gguf: Path, threads: int, prompt_tokens: list[int], batch_prompts: list[list[int]]) -> dict:
-    """The engine floor: llama-cpp-python with no server, one stream; and eight sequences in one llama_decode."""
+def single_stream(llm, prompt_tokens: list[int]) -> float:
+    """The engine floor for one stream: llama-cpp-python generating in this process, no server; decode tokens/s."""
+    llm.reset()
+    stamps = []
+    for n, _token in enumerate(llm.generate(prompt_tokens, temp=0, top_k=40, top_p=0.9, min_p=0.0)):
+        stamps.append(time.perf_counter())
+        if n + 1 >= 256:
+            break
+    return decode_tps(stamps)
+
+
+def batched_limit(gguf: Path, threads: int, batch_prompts: list[list[int]]) -> float:
+    """The machine's limit for eight streams: eight sequences decoded in one llama_decode each step, no server."""
     import llama_cpp
-    from llama_cpp import Llama
-
-    llm = Llama(str(gguf), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
-    times = []
-    for _ in range(3):
-        llm.reset()
-        stamps = []
-        for n, _token in enumerate(llm.generate(prompt_tokens, temp=0, top_k=40, top_p=0.9, min_p=0.0)):
-            stamps.append(time.perf_counter())
-            if n + 1 >= 256:
-                break
-        times.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-    single = statistics.median(times)
-    del llm
 
     n_seq = len(batch_prompts)
     model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), llama_cpp.llama_model_default_params())
@@ -182,13 +226,13 @@ def in_process(gguf: Path, threads: int, prompt_tokens: list[int], batch_prompts
         decode([(last[s], pos[s], s, True) for s in range(n_seq)])
         last = [llama_cpp.llama_sampler_sample(samplers[s], ctx, s) for s in range(n_seq)]
         pos = [p + 1 for p in pos]
-    batched = n_seq * steps / (time.perf_counter() - start)
+    limit = n_seq * steps / (time.perf_counter() - start)
     for s in samplers:
         llama_cpp.llama_sampler_free(s)
     llama_cpp.llama_batch_free(batch)
     llama_cpp.llama_free(ctx)
     llama_cpp.llama_model_free(model)
-    return {"single_decode_tps": single, "batched8_aggregate_tps": batched}
+    return limit
 
 
 def free_port() -> int:
@@ -208,14 +252,13 @@ def run(out_dir: Path, threads: int, quick: bool = False) -> dict:
     store = ModelStore(home / "models")
     store.pull("smollm2")
     gguf = store.get("smollm2").model_path
-    tok = Llama(str(gguf), vocab_only=True, verbose=False)
-    prompt128 = text_of_tokens(tok, 128, 0)
-    prompts64 = [text_of_tokens(tok, 64, i + 1) for i in range(8)]
-    systems = [f"You are narrator {c}. " + text_of_tokens(tok, 1000, 20 + c) for c in range(2)]
-    long_prompt = text_of_tokens(tok, 3000, 99)
-    floor = in_process(gguf, threads, tok.tokenize(prompt128.encode(), add_bos=False),
-                       [tok.tokenize(p.encode(), add_bos=False) for p in prompts64])
-    del tok
+    llm = Llama(str(gguf), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
+    prompt128 = text_of_tokens(llm, 128, 0)
+    prompts64 = [text_of_tokens(llm, 64, i + 1) for i in range(8)]
+    systems = [f"You are narrator {c}. " + text_of_tokens(llm, 1000, 20 + c) for c in range(2)]
+    long_prompt = text_of_tokens(llm, 3000, 99)
+    prompt128_tokens = llm.tokenize(prompt128.encode(), add_bos=False)
+    batch_prompts = [llm.tokenize(p.encode(), add_bos=False) for p in prompts64]
 
     ember_env = {**os.environ, "EMBER_HOME": str(home)}  # slots sized by ember itself, as a user gets them
     peers = {
@@ -226,14 +269,16 @@ def run(out_dir: Path, threads: int, quick: bool = False) -> dict:
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", str(threads),
             "--n_threads_batch", str(threads), "--interrupt_requests", "False"], port),
     }
-    results: dict = {"in_process": floor, "threads": threads}
+    results: dict = {"threads": threads}
     for name, make in peers.items():
         with make(free_port()) as peer:
-            r = {"W1": asyncio.run(w1(peer.url, "smollm2", prompt128)),
-                 "W2": asyncio.run(w2(peer.url, "smollm2", prompts64))}
+            # The in-process floors are measured while each peer idles, right beside its own runs.
+            r = {"W1": w1(peer.url, "smollm2", prompt128, lambda: single_stream(llm, prompt128_tokens)),
+                 "W2": {"in_process_limit_tps": batched_limit(gguf, threads, batch_prompts),
+                        **w2(peer.url, "smollm2", prompts64)}}
             if not quick:
-                r["W3"] = asyncio.run(w3(peer.url, "smollm2", systems))
-                r["W4"] = asyncio.run(w4(peer.url, "smollm2", prompts64, long_prompt))
+                r["W3"] = w3(peer.url, "smollm2", systems)
+                r["W4"] = w4(peer.url, "smollm2", prompts64, long_prompt)
             results[name] = r
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "serve.json").write_text(json.dumps(results, indent=2))
@@ -242,14 +287,15 @@ def run(out_dir: Path, threads: int, quick: bool = False) -> dict:
 
 
 def report(results: dict, out_dir: Path) -> None:
-    e, p, f = results["ember"], results["llama_cpp.server"], results["in_process"]
+    e, p = results["ember"], results["llama_cpp.server"]
+    floor1, limit = e["W1"]["in_process_decode_tps"], e["W2"]["in_process_limit_tps"]
     rows = [
-        ("W1 decode tok/s (1 stream)", f["single_decode_tps"], e["W1"]["decode_tps"], p["W1"]["decode_tps"],
-         f"ember/in-process {e['W1']['decode_tps'] / f['single_decode_tps']:.2f} (goal ≥ 0.95)"),
-        ("W2 aggregate tok/s (8 streams)", f["batched8_aggregate_tps"], e["W2"]["aggregate_tps"],
-         p["W2"]["aggregate_tps"],
+        ("W1 decode tok/s (1 stream)", floor1, e["W1"]["decode_tps"], p["W1"]["decode_tps"],
+         f"ember/in-process {e['W1']['decode_tps'] / floor1:.2f} (≥ 0.95)"),
+        ("W2 aggregate decode tok/s (8 streams)", limit, e["W2"]["aggregate_tps"], p["W2"]["aggregate_tps"],
          f"ember/server {e['W2']['aggregate_tps'] / p['W2']['aggregate_tps']:.2f} (≥ 2.5), "
-         f"ember/limit {e['W2']['aggregate_tps'] / f['batched8_aggregate_tps']:.2f} (≥ 0.8)"),
+         f"ember/limit {e['W2']['aggregate_tps'] / limit:.2f} (≥ 0.8)"),
+        ("W2 tok/s from the requests' start", None, e["W2"]["wall_tps"], p["W2"]["wall_tps"], "prompts read included"),
         ("W2 p95 time to first token, s", None, e["W2"]["p95_ttft_s"], p["W2"]["p95_ttft_s"],
          f"ember/server {e['W2']['p95_ttft_s'] / p['W2']['p95_ttft_s']:.2f} (≤ 0.5)"),
     ]
@@ -257,6 +303,8 @@ def report(results: dict, out_dir: Path) -> None:
         rows.append(("W3 later-turn TTFT / first-turn TTFT", None, e["W3"]["ratio"], p["W3"]["ratio"], "ember ≤ 0.2"))
         rows.append(("W4 streams' rate kept during a 3000-token prompt", None, e["W4"]["kept"], p["W4"]["kept"],
                      "ember ≥ 0.5"))
+        rows.append(("W4 time to read the 3000-token prompt, s", None, e["W4"]["long_prompt_s"],
+                     p["W4"]["long_prompt_s"], "(the price of keeping the others' pace)"))
     print(f"{'workload':<48}{'in-process':>12}{'ember':>10}{'llama_cpp.server':>18}  goal")
     for label, floor, ours, theirs, goal in rows:
         fmt = lambda v: f"{v:.2f}" if v is not None else "—"  # noqa: E731

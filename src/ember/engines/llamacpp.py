@@ -93,6 +93,23 @@ class _Slot:
     last_used: float = 0.0
 
 
+# Copying one slot's KV to another (a memcpy of its whole stream) took ~10 ms for the bundled model on this 2-core CPU,
+# about what reading two prompt tokens takes; below a few shared tokens a copy is not worth it.
+_COPY_WORTH_TOKENS = 4
+
+
+# While others generate, prompts get the compute that keeps the others' pace at _KEPT_PACE or better: each step earns
+# prompt time in proportion to its decode time (at least up to _STEP_FLOOR_S a step: a lone stream at 20 tokens/s still
+# reads smoothly, and cannot starve a queue of prompts), and a chunk of at least _MIN_CHUNK tokens is read when the credit allows. Token costs are measured
+# as the runner goes, so this holds on a 2-core laptop and on a GPU alike. Chunks are not smaller because small ones
+# cost far more per token deep in a prompt: on this CPU, 8 tokens at position 3000 took 24 ms each, 512 took 6 ms.
+_KEPT_PACE = 0.65
+_STEP_FLOOR_S = 0.05
+_MIN_CHUNK = 64
+# Requests sent together reach an idle runner a few ms apart; waiting this long lets their prompts share one step.
+_GATHER_S = 0.02
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -135,6 +152,8 @@ class LlamaCppRunner(_Vocabulary):
         self._incoming: collections.deque[Sequence] = collections.deque()
         self._wake = threading.Condition()
         self._closed = False
+        self._token_s = self._prompt_token_s = 0.01  # measured seconds per generated / per prompt token in a step
+        self._prompt_credit_s = 0.0
         self._thread = threading.Thread(target=self._loop, name="ember-decode", daemon=True)
         self._thread.start()
 
@@ -190,6 +209,10 @@ class LlamaCppRunner(_Vocabulary):
             with self._wake:
                 while not self._closed and not self._incoming and not any(s.seq for s in self._slots):
                     self._wake.wait()
+                if not any(s.seq for s in self._slots):
+                    deadline = time.monotonic() + _GATHER_S
+                    while not self._closed and (left := deadline - time.monotonic()) > 0:
+                        self._wake.wait(left)
                 if self._closed:
                     return
                 self._admit()
@@ -215,14 +238,32 @@ class LlamaCppRunner(_Vocabulary):
             except BadRequest as e:
                 seq.ended("error", e)
                 continue
-            # The slot that already holds the longest start of this prompt; among equals, the least recently used.
-            slot = max(free, key=lambda s: (_common_prefix(s.cached, seq.tokens), -s.last_used))
+            slot = self._choose_slot(free, seq.tokens)
             reuse = min(_common_prefix(slot.cached, seq.tokens), len(seq.tokens) - 1)
             llama_cpp.llama_memory_seq_rm(self._mem, slot.id, reuse, -1)
             slot.cached = slot.cached[:reuse]
             slot.pending = list(seq.tokens[reuse:])
             slot.seq, slot.produced, slot.last, slot.sampler = seq, 0, -1, sampler
             seq.started(reuse)
+
+    def _choose_slot(self, free: list[_Slot], tokens: list[int]) -> _Slot:
+        """A free slot for a prompt, holding as much of its start as can be had without evicting another chat.
+
+        A slot whose cache is mostly this prompt's start (the same chat, a shared system prompt) is reused as is.
+        Otherwise the least recently used slot takes it, so several chats keep their caches; and when another slot,
+        busy or not, holds a longer start (a system prompt several users share), its KV is copied over.
+        """
+        source = max(self._slots, key=lambda s: (_common_prefix(s.cached, tokens), s.seq is None))
+        shared = _common_prefix(source.cached, tokens)
+        if source.seq is None and 2 * shared >= len(source.cached):
+            return source
+        slot = min(free, key=lambda s: s.last_used)
+        if shared > _common_prefix(slot.cached, tokens) + _COPY_WORTH_TOKENS:
+            # llama.cpp copies a whole stream between slots (a memcpy of one slot's KV, at the next decode); the
+            # tail past the shared start is dropped by the caller.
+            llama_cpp.llama_memory_seq_cp(self._mem, source.id, slot.id, -1, -1)
+            slot.cached = list(source.cached)
+        return slot
 
     def _sampler(self, seq: Sequence):
         o = seq.options
@@ -274,10 +315,25 @@ class LlamaCppRunner(_Vocabulary):
             llama_cpp.llama_memory_seq_rm(self._mem, slot.id, 0, -1)
         seq.ended(reason, error)
 
+    def _account(self, seconds: float, generated: int, read: int) -> None:
+        """Keeps the running costs of a generated and a prompt token, and the prompts' time credit (_KEPT_PACE)."""
+        decode_s = generated * self._token_s
+        if read:
+            prompt_s = max(seconds - decode_s, 0.1 * seconds)
+            self._prompt_token_s += 0.2 * (prompt_s / read - self._prompt_token_s)
+            if generated:
+                self._prompt_credit_s -= prompt_s
+        elif generated:
+            self._token_s += 0.2 * (seconds / generated - self._token_s)
+        if generated and any(s.seq and s.pending for s in self._slots):
+            earned = max(decode_s / _KEPT_PACE, _STEP_FLOOR_S) - decode_s
+            self._prompt_credit_s = min(self._prompt_credit_s + earned, earned)
+        else:
+            self._prompt_credit_s = min(self._prompt_credit_s, 0.0)
+
     def _step(self) -> None:
         batch, n = self._batch, 0
         sample_at: list[tuple[_Slot, int]] = []
-        fed: list[tuple[_Slot, list[int]]] = []
 
         def put(slot: _Slot, token: int, logits: bool) -> None:
             nonlocal n
@@ -297,10 +353,12 @@ class LlamaCppRunner(_Vocabulary):
         generating = [s for s in self._slots if s.seq and not s.pending]
         for slot in generating:
             put(slot, slot.last, True)
-        # Prompts are read in chunks between the others' tokens. While others generate, a step reads about as
-        # many prompt tokens as it generates, which keeps their pace at roughly half or better.
+        # Prompts are read in chunks between the others' tokens (see _KEPT_PACE).
         room = self.spec.num_batch - n
-        share = room if not generating else max(16, 2 * len(generating))
+        share = room
+        if generating:
+            credit = self._prompt_credit_s
+            share = max(_MIN_CHUNK, int(credit / self._prompt_token_s)) if credit > 0 else 0
         for slot in sorted((s for s in self._slots if s.seq and s.pending), key=lambda s: s.last_used):
             take = min(len(slot.pending), room, share)
             if take <= 0:
@@ -312,9 +370,11 @@ class LlamaCppRunner(_Vocabulary):
         if n == 0:
             return
         batch.n_tokens = n
+        started = time.perf_counter()
         status = llama_cpp.llama_decode(self._ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
+        self._account(time.perf_counter() - started, len(generating), n - len(generating))
         for slot, index in sample_at:
             token = llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, index)
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
