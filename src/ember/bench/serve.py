@@ -320,8 +320,11 @@ def plot(rows, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.5))
-    for ax, (label, floor, ours, theirs, _goal) in zip(axes, rows):
+    cols = (len(rows) + 1) // 2
+    fig, axes = plt.subplots(2, cols, figsize=(4 * cols, 7), squeeze=False)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    for ax, (label, floor, ours, theirs, _goal) in zip(axes.flat, rows):
         names = (["in-process"] if floor is not None else []) + ["ember", "llama_cpp.server"]
         values = ([floor] if floor is not None else []) + [ours, theirs]
         ax.bar(names, values, color=["#999999"] * (floor is not None) + ["#d9534f", "#5b8def"])
