@@ -3,7 +3,8 @@
 `LlamaCppRunner` keeps several sequences (slots) in one llama.cpp context and advances them together: every step is one
 `llama_decode` holding the next token of each generating sequence plus a chunk of any prompt being read. Sampling
 runs in llama.cpp's own sampler chain per slot, so Python never touches the vocabulary. A slot keeps its KV cache
-after a request ends, and a new request goes to the slot that already holds the longest start of its prompt.
+after a request ends, and a new request starts from the longest start of its prompt that a slot holds (see
+`_choose_slot`); a prompt is read in chunks paced so that the others keep generating (see `_KEPT_PACE`).
 """
 
 import collections
@@ -99,10 +100,11 @@ _COPY_WORTH_TOKENS = 4
 
 
 # While others generate, prompts get the compute that keeps the others' pace at _KEPT_PACE or better: each step earns
-# prompt time in proportion to its decode time (at least up to _STEP_FLOOR_S a step: a lone stream at 20 tokens/s still
-# reads smoothly, and cannot starve a queue of prompts), and a chunk of at least _MIN_CHUNK tokens is read when the credit allows. Token costs are measured
-# as the runner goes, so this holds on a 2-core laptop and on a GPU alike. Chunks are not smaller because small ones
-# cost far more per token deep in a prompt: on this CPU, 8 tokens at position 3000 took 24 ms each, 512 took 6 ms.
+# prompt time in proportion to its decode time (at least up to _STEP_FLOOR_S a step: a lone stream at 20 tokens/s
+# still reads smoothly, and cannot starve a queue of prompts), and a chunk of at least _MIN_CHUNK tokens is read when
+# the credit allows. Token costs are measured as the runner goes, so this holds on a 2-core laptop and on a GPU alike.
+# Chunks are not smaller because small ones cost far more per token deep in a prompt: on this CPU, 8 tokens at
+# position 3000 took 24 ms each, 512 took 6 ms.
 _KEPT_PACE = 0.65
 _STEP_FLOOR_S = 0.05
 _MIN_CHUNK = 64

@@ -123,8 +123,12 @@ def publish(ckpt_dir: Path, name: str, fmt: str = "f16", progress=None) -> Path:
     from ember.config import Settings
     from ember.store.store import CreateSpec, ModelStore
 
+    from ember.store.gguf_info import read_gguf_info
+
     gguf_path = export(ckpt_dir, Path(ckpt_dir).resolve() / f"model-{fmt}.gguf", fmt)
-    # The GGUF carries its template; these make a base model continue text the way `ember sample` does.
+    # The GGUF carries its template; these make a base model continue text the way `ember sample` does, in the
+    # context it was trained for (not the 4096 default, which ember would cut down with a warning on every load).
     ModelStore(Settings.from_env().models).create(name, CreateSpec(from_=str(gguf_path), parameters={
-        "temperature": 0.8, "top_k": 200, "repeat_penalty": 1.0}), progress)
+        "temperature": 0.8, "top_k": 200, "repeat_penalty": 1.0,
+        "num_ctx": read_gguf_info(gguf_path).context_length}), progress)
     return gguf_path
