@@ -3,8 +3,6 @@
 import asyncio
 import hashlib
 import math
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +17,7 @@ from ember.core.durations import parse_keep_alive
 from ember.core.errors import BadRequest, NotFound
 from ember.core.options import parse_options
 from ember.core.types import Done, EmbedRequest, GenerateRequest, Message, Token, ToolCall
+from ember.fsutil import open_temp
 from ember.store.blobs import normalize_digest
 from ember.store.store import CreateSpec, Model
 
@@ -398,19 +397,21 @@ async def blob_upload(digest: str, request: Request):
     blobs = common.store(request).blobs
     if blobs.has(expected):
         return Response(status_code=200)
-    # Stream the body to a temp file on the event loop, then hash-and-move it in a thread.
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-upload-", dir=blobs.root)
+    # Stream the body to a temp file on the event loop, then hash-and-move it in a thread. The file stays open (and
+    # locked) until then, so that a cleanup by another ember process leaves it alone.
+    f, tmp = open_temp(blobs.root)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with f:
             async for chunk in request.stream():
                 f.write(chunk)
-        await asyncio.to_thread(blobs.write_chunks, _read_chunks(tmp), expected)
+            f.flush()
+            await asyncio.to_thread(blobs.write_chunks, _read_chunks(tmp), expected)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return Response(status_code=201)
 
 
-def _read_chunks(path: str, size: int = 1 << 20):
+def _read_chunks(path: Path, size: int = 1 << 20):
     with open(path, "rb") as f:
         while chunk := f.read(size):
             yield chunk
