@@ -81,6 +81,33 @@ def test_a_busy_slot_shares_its_system_prompt(make_server):
     assert fresh["choices"][0]["message"] == second["choices"][0]["message"]
 
 
+def test_slot_choice_keeps_busy_slots_together_and_caches_apart(ember_home):
+    from ember.engines.base import LoadSpec
+    from ember.engines.llamacpp import load
+    from ember.store.store import ModelStore
+
+    runner = load(LoadSpec(model_path=ModelStore(ember_home / "models").get("smollm2").model_path, num_ctx=256,
+                           num_parallel=4))
+    chat_a, chat_b, chat_c = [1, 2, 3] * 20, [4, 5, 6] * 20, [1, 2, 9] * 20
+    slots = runner._slots
+    try:
+        with runner._wake:  # the decode thread waits on this lock, so it never sees the staged slots
+            for slot, cached, last_used in zip(slots, (chat_a, [], [], chat_b), (1.0, 0.0, 0.0, 2.0)):
+                slot.cached, slot.last_used = list(cached), last_used
+            free = lambda: [s for s in slots if s.seq is None]  # noqa: E731
+            # Nothing busy: chat B's next turn returns to its own slot; a chat sharing 2 tokens with A gets an
+            # empty slot instead of evicting A.
+            assert runner._choose_slot(free(), chat_b + [7]).id == 3
+            assert runner._choose_slot(free(), chat_c).id == 1
+            # Slot 0 busy: chat B's turn goes next to it, its cache copied over, instead of three slots away.
+            slots[0].seq = object()
+            chosen = runner._choose_slot(free(), chat_b + [7])
+            assert chosen.id == 1 and chosen.cached == chat_b
+    finally:
+        slots[0].seq = None
+        runner.close()
+
+
 def test_a_long_prompt_is_read_between_a_running_streams_tokens(make_server):
     srv = make_server(EMBER_NUM_PARALLEL="2")
     endless = {"model": "smollm2", "prompt": "numbers", "options": {"num_predict": 3000},

@@ -251,16 +251,22 @@ class LlamaCppRunner(_Vocabulary):
     def _choose_slot(self, free: list[_Slot], tokens: list[int]) -> _Slot:
         """A free slot for a prompt, holding as much of its start as can be had without evicting another chat.
 
-        A slot whose cache is mostly this prompt's start (the same chat, a shared system prompt) is reused as is.
-        Otherwise the least recently used slot takes it, so several chats keep their caches; and when another slot,
-        busy or not, holds a longer start (a system prompt several users share), its KV is copied over.
+        A slot whose cache is mostly this prompt's start (the same chat, a shared system prompt) is the first choice;
+        otherwise the least recently used slot, so several chats keep their caches. Busy slots are kept together:
+        llama.cpp attends over every slot between the lowest and the highest busy one, so eight sequences spread over
+        sixteen slots decoded 60 % slower than eight side by side. When the chosen slot is not where the busy ones
+        are, or another slot (busy or not) holds a longer start of the prompt (a system prompt several users share),
+        that KV is copied into the slot used.
         """
         source = max(self._slots, key=lambda s: (_common_prefix(s.cached, tokens), s.seq is None))
         shared = _common_prefix(source.cached, tokens)
-        if source.seq is None and 2 * shared >= len(source.cached):
-            return source
-        slot = min(free, key=lambda s: s.last_used)
-        if shared > _common_prefix(slot.cached, tokens) + _COPY_WORTH_TOKENS:
+        reuse = source.seq is None and 2 * shared >= len(source.cached)
+        slot = source if reuse else min(free, key=lambda s: s.last_used)
+        busy = [s.id for s in self._slots if s.seq]
+        if busy:
+            span = lambda s: max(busy + [s.id]) - min(busy + [s.id])  # noqa: E731
+            slot = min(free, key=lambda s: (span(s), s is not slot, s.last_used))
+        if slot is not source and shared > _common_prefix(slot.cached, tokens) + _COPY_WORTH_TOKENS:
             # llama.cpp copies a whole stream between slots (a memcpy of one slot's KV, at the next decode); the
             # tail past the shared start is dropped by the caller.
             llama_cpp.llama_memory_seq_cp(self._mem, source.id, slot.id, -1, -1)
