@@ -114,15 +114,20 @@ def decode_tps(stamps: list[float]) -> float:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def w1(url, model, prompt, engine) -> dict:
-    """One stream, taking turns with the same stream run in-process, so both see the same machine."""
+def w1(url, model, prompt, engine, rounds: int = 6) -> dict:
+    """One stream, in rounds with the same stream run in-process (alternating which goes first), so both see the
+    same machine; the ratio is taken round by round, as the machine's speed drifts between rounds."""
     stream_completion(url, model, prompt, 8)  # load and warm
     ours, floor = [], []
-    for _ in range(3):
-        floor.append(engine())
-        ours.append(stream_completion(url, model, prompt, 256))
-    return {"decode_tps": statistics.median(decode_tps(r.token_times) for r in ours),
-            "in_process_decode_tps": statistics.median(floor),
+    for i in range(rounds):
+        for run in ((engine, None) if i % 2 == 0 else (None, engine)):
+            if run:
+                floor.append(run())
+            else:
+                ours.append(stream_completion(url, model, prompt, 256))
+    rates = [decode_tps(r.token_times) for r in ours]
+    return {"decode_tps": statistics.median(rates), "in_process_decode_tps": statistics.median(floor),
+            "ratio": statistics.median(r / f for r, f in zip(rates, floor)),
             "ttft_s": statistics.median(r.ttft for r in ours), "tokens": len(ours[0].token_times)}
 
 
@@ -291,7 +296,7 @@ def report(results: dict, out_dir: Path) -> None:
     floor1, limit = e["W1"]["in_process_decode_tps"], e["W2"]["in_process_limit_tps"]
     rows = [
         ("W1 decode tok/s (1 stream)", floor1, e["W1"]["decode_tps"], p["W1"]["decode_tps"],
-         f"ember/in-process {e['W1']['decode_tps'] / floor1:.2f} (≥ 0.95)"),
+         f"ember/in-process {e['W1']['ratio']:.2f}, median of rounds (≥ 0.95)"),
         ("W2 aggregate decode tok/s (8 streams)", limit, e["W2"]["aggregate_tps"], p["W2"]["aggregate_tps"],
          f"ember/server {e['W2']['aggregate_tps'] / p['W2']['aggregate_tps']:.2f} (≥ 2.5), "
          f"ember/limit {e['W2']['aggregate_tps'] / limit:.2f} (≥ 0.8)"),
