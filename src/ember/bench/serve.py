@@ -131,8 +131,23 @@ def w1(url, model, prompt, engine, rounds: int = 6) -> dict:
             "ttft_s": statistics.median(r.ttft for r in ours), "tokens": len(ours[0].token_times)}
 
 
-def w2(url, model, prompts, max_tokens=128) -> dict:
+def w2(url, model, prompts, limit, rounds: int = 3, max_tokens=128) -> dict:
+    """Eight streams at once, in rounds with the in-process limit (alternating which goes first); the ratio to the
+    limit is taken round by round, as in W1. Each figure is the median over rounds."""
     stream_completion(url, model, prompts[0], 4)
+    runs, limits = [], []
+    for i in range(rounds):
+        for step in (("limit", "serve") if i % 2 == 0 else ("serve", "limit")):
+            if step == "limit":
+                limits.append(limit())
+            else:
+                runs.append(eight_streams(url, model, prompts, max_tokens))
+    return {"in_process_limit_tps": statistics.median(limits),
+            **{k: statistics.median(r[k] for r in runs) for k in runs[0]},
+            "limit_ratio": statistics.median(r["aggregate_tps"] / f for r, f in zip(runs, limits))}
+
+
+def eight_streams(url, model, prompts, max_tokens) -> dict:
     start = time.perf_counter()
     streams = concurrently([lambda p=p: stream_completion(url, model, p, max_tokens) for p in prompts])
     first, last = min(s.token_times[0] for s in streams), max(s.token_times[-1] for s in streams)
@@ -277,10 +292,9 @@ def run(out_dir: Path, threads: int, quick: bool = False) -> dict:
     results: dict = {"threads": threads}
     for name, make in peers.items():
         with make(free_port()) as peer:
-            # The in-process floors are measured while each peer idles, right beside its own runs.
+            # The in-process floors are measured while each peer idles, in turns with its own runs.
             r = {"W1": w1(peer.url, "smollm2", prompt128, lambda: single_stream(llm, prompt128_tokens)),
-                 "W2": {"in_process_limit_tps": batched_limit(gguf, threads, batch_prompts),
-                        **w2(peer.url, "smollm2", prompts64)}}
+                 "W2": w2(peer.url, "smollm2", prompts64, lambda: batched_limit(gguf, threads, batch_prompts))}
             if not quick:
                 r["W3"] = w3(peer.url, "smollm2", systems)
                 r["W4"] = w4(peer.url, "smollm2", prompts64, long_prompt)
@@ -299,7 +313,7 @@ def report(results: dict, out_dir: Path) -> None:
          f"ember/in-process {e['W1']['ratio']:.2f}, median of rounds (≥ 0.95)"),
         ("W2 aggregate decode tok/s (8 streams)", limit, e["W2"]["aggregate_tps"], p["W2"]["aggregate_tps"],
          f"ember/server {e['W2']['aggregate_tps'] / p['W2']['aggregate_tps']:.2f} (≥ 2.5), "
-         f"ember/limit {e['W2']['aggregate_tps'] / limit:.2f} (≥ 0.8)"),
+         f"ember/limit {e['W2']['limit_ratio']:.2f} by round (≥ 0.8)"),
         ("W2 tok/s from the requests' start", None, e["W2"]["wall_tps"], p["W2"]["wall_tps"], "prompts read included"),
         ("W2 p95 time to first token, s", None, e["W2"]["p95_ttft_s"], p["W2"]["p95_ttft_s"],
          f"ember/server {e['W2']['p95_ttft_s'] / p['W2']['p95_ttft_s']:.2f} (≤ 0.5)"),
