@@ -23,6 +23,7 @@ def test_malformed_json(api, path):
     ("/api/generate", {"model": "smollm2", "prompt": "x", "stream": "yes please"}, "stream"),
     ("/api/generate", {"prompt": "x"}, "model"),
     ("/api/embed", {"model": "smollm2", "input": 42}, "input"),
+    ("/api/generate", {"model": "smollm2", "prompt": "x", "context": ["a"]}, "context"),
     ("/v1/chat/completions", {"model": "smollm2", "messages": []}, "messages"),
     ("/v1/chat/completions", {"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "temperature": "warm"}, "temperature"),
     ("/v1/chat/completions", {"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "n": 3}, "n"),
@@ -60,6 +61,11 @@ def test_invalid_option_values(api, options, words):
     assert r.status_code == 400
     for word in words:
         assert word in error_of(r)
+
+
+def test_context_of_another_vocabulary(api):
+    r = api.post("/api/generate", json={"model": "smollm2", "prompt": "x", "context": [1, 2, 10**6]})
+    assert r.status_code == 400 and "outside this model's vocabulary" in error_of(r) and "1000000" in error_of(r)
 
 
 def test_invalid_preset_and_keep_alive(api):

@@ -52,6 +52,31 @@ def test_generate_streamed_and_not(client):
     assert "".join(p.response for p in parts) == whole.response
 
 
+def test_generate_context_continues_like_the_same_chat(client):
+    """`context` (Ollama's deprecated generate memory) is the chat's tokens so far: the next turn answers exactly as
+    /api/chat does given the same conversation as messages."""
+    first = client.generate(model="smollm2", prompt="My name is Alice.", options=QUICK)
+    second = client.generate(model="smollm2", prompt="What is my name?", context=first.context, options=QUICK)
+    assert second.context[:len(first.context)] == first.context
+    assert len(second.context) == second.prompt_eval_count + second.eval_count
+    chat = client.chat(model="smollm2", options=QUICK, messages=[
+        {"role": "user", "content": "My name is Alice."}, {"role": "assistant", "content": first.response},
+        {"role": "user", "content": "What is my name?"}])
+    assert second.prompt_eval_count == chat.prompt_eval_count and second.response == chat.message.content
+    assert chat.get("context") is None
+
+
+def test_context_that_does_not_fit_drops_its_oldest_tokens_and_says_so(api):
+    first = api.post("/api/generate", json={"model": "smollm2", "prompt": "weather " * 300, "stream": False,
+                                            "options": {**QUICK, "num_ctx": 1024}}).json()
+    r = api.post("/api/generate", json={"model": "smollm2", "prompt": "Go on.", "context": first["context"],
+                                        "stream": False, "options": {**QUICK, "num_ctx": 256, "num_predict": 16}})
+    body = r.json()
+    assert r.status_code == 200 and body["truncated"] is True and body["truncated_messages"] == 0
+    assert body["prompt_eval_count"] == 256 - 16  # the window less the answer's room, filled from the newest end
+    assert len(first["context"]) - 240 < body["truncated_tokens"] < len(first["context"])
+
+
 def test_stop_strings_are_honoured(client):
     reply = client.generate(model="smollm2", prompt="Count: 1, 2, 3,", raw=True,
                             options={**QUICK, "num_predict": 40, "stop": ["7"]})

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from ember.core.context import fit_messages, too_long
+from ember.core.context import fit_after, fit_messages, too_long
 from ember.core.durations import parse_keep_alive
 from ember.core.errors import BadRequest
 from ember.core.tools import forced_call_schema, parse_tool_calls
@@ -46,6 +46,16 @@ def test_fit_refuses_with_sizes_when_even_the_last_message_is_too_long():
     with pytest.raises(BadRequest) as e:
         fit_messages(messages, encode_words, 75, refuse)
     assert "203 tokens" in e.value.message and "num_ctx=100" in e.value.message
+
+
+def test_fit_after_context_drops_its_oldest_tokens_but_keeps_the_pinned_bos():
+    context, new = [1] + list(range(100, 130)), [7, 8, 9]
+    assert fit_after(context, new, 40, refuse, pinned=1).tokens == context + new
+    fitted = fit_after(context, new, 10, refuse, pinned=1)
+    assert fitted.tokens == [1, 124, 125, 126, 127, 128, 129, 7, 8, 9] and fitted.dropped_tokens == 24
+    with pytest.raises(BadRequest) as e:
+        fit_after(context, new, 3, refuse, pinned=1)
+    assert "4 tokens" in e.value.message
 
 
 def test_parse_hermes_tool_call():

@@ -169,14 +169,15 @@ async def generate(body: GenerateBody, request: Request):
         return await _load_only(request, body.model, options, keep_alive, "response", "")
     core = GenerateRequest(model=body.model, prompt=body.prompt, system=body.system, template=body.template,
                            raw=body.raw, options=options, preset=body.preset, format=body.format or None,
-                           keep_alive=keep_alive, stream=body.stream)
+                           keep_alive=keep_alive, stream=body.stream, context=body.context)
     first, events = await common.start(common.scheduler(request).generate(core))
 
     def chunk(event) -> dict[str, Any]:
         head = {"model": body.model, "created_at": common.iso()}
         if isinstance(event, Token):
             return {**head, "response": event.text, "done": False}
-        return {**head, "response": "", "done": True, **_timings(event)}
+        done = {**head, "response": "", "done": True, **_timings(event)}
+        return done if event.context is None else {**done, "context": event.context}
 
     if body.stream:
         return common.stream(first, events, lambda e: [common.ndjson(chunk(e))], "application/x-ndjson")

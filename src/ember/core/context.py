@@ -35,6 +35,21 @@ def too_long(prompt_tokens: int, num_ctx: int, reserve: int, n_ctx_train: int) -
     )
 
 
+def fit_after(context: list[int], tokens: list[int], budget: int, refuse: Callable[[int], BadRequest],
+              pinned: int = 0) -> Fitted:
+    """Earlier tokens (a `context`) then new ones; when both don't fit, the oldest earlier tokens go, except the first
+    `pinned` (a BOS)."""
+    if len(context) + len(tokens) <= budget:
+        return Fitted(context + tokens)
+    keep = budget - len(tokens) - pinned
+    if keep < 0:
+        raise refuse(pinned + len(tokens))
+    dropped = len(context) - pinned - keep
+    fitted = Fitted(context[:pinned] + context[pinned + dropped:] + tokens, dropped_tokens=dropped)
+    log.warning("context window: dropped the %d oldest context tokens to fit %d tokens", dropped, budget)
+    return fitted
+
+
 def fit_messages(messages: list[Message], encode: Callable[[list[Message]], list[int]], budget: int,
                  refuse: Callable[[int], BadRequest]) -> Fitted:
     tokens = encode(messages)

@@ -55,6 +55,7 @@ class GenerateRequest:
     keep_alive: float | None = None  # seconds; None = server default, <0 = forever, 0 = unload after
     stream: bool = True
     logprobs: bool = False
+    context: list[int] | None = None  # Ollama's (deprecated) /api/generate memory: the token ids a reply returned
 
     @property
     def is_chat(self) -> bool:
@@ -94,10 +95,11 @@ class Done:
     total_ns: int = 0
     truncated_messages: int = 0
     truncated_tokens: int = 0
+    context: list[int] | None = None  # a completion's prompt and answer tokens, to send back as the next `context`
 
     @property
     def truncated(self) -> bool:
-        return self.truncated_messages > 0
+        return self.truncated_messages > 0 or self.truncated_tokens > 0
 
 
 Event = Token | Done

@@ -44,6 +44,7 @@ class Runner(Protocol):
     spec: LoadSpec
     n_ctx: int  # per sequence
     n_ctx_train: int
+    n_vocab: int
     memory_bytes: int
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]: ...

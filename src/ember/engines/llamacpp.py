@@ -67,6 +67,7 @@ class _Vocabulary:
         self._bos = model.token_bos()
         self._pieces: dict[int, bytes] = {}
         self.n_ctx_train = model.n_ctx_train()
+        self.n_vocab = model.n_vocab()
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         tokens = self._model.tokenize(text.encode("utf-8"), add_bos=True, special=special)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from ember.core import templates
-from ember.core.context import Fitted, answer_reserve, fit_messages, too_long
+from ember.core.context import Fitted, answer_reserve, fit_after, fit_messages, too_long
 from ember.core.errors import BadRequest
 from ember.core.options import Options
 from ember.core.textstream import TextStream
@@ -48,8 +48,11 @@ def build_prompt(runner: Runner, model: Model, request: GenerateRequest, options
     def refuse(n: int) -> BadRequest:
         return too_long(n, runner.n_ctx, reserve, runner.n_ctx_train)
 
+    context = checked_context(runner, request.context)
     if request.raw and not request.is_chat:
         tokens = runner.tokenize(request.prompt or "")
+        if context:
+            return after_context(runner, context, tokens, budget, refuse)
         if len(tokens) > budget:
             raise refuse(len(tokens))
         return Fitted(tokens)
@@ -58,12 +61,43 @@ def build_prompt(runner: Runner, model: Model, request: GenerateRequest, options
         raise BadRequest(f"{model.name} does not support tools: its chat template has no place for them")
     info = model.info
 
-    def encode(messages: list[Message]) -> list[int]:
-        text = templates.render(source, [m.for_template() for m in messages], tools=request.tools,
-                                bos_token=info.bos_token or "", eos_token=info.eos_token or "")
-        return runner.tokenize(text)
+    def render(messages: list[Message]) -> str:
+        return templates.render(source, [m.for_template() for m in messages], tools=request.tools,
+                                 bos_token=info.bos_token or "", eos_token=info.eos_token or "")
 
-    return fit_messages(conversation(model, request), encode, budget, refuse)
+    if context:
+        return after_context(runner, context, runner.tokenize(next_turn(render, request.prompt or "")), budget, refuse)
+    return fit_messages(conversation(model, request), lambda messages: runner.tokenize(render(messages)), budget,
+                        refuse)
+
+
+def checked_context(runner: Runner, context: list[int] | None) -> list[int]:
+    bad = [t for t in context or [] if not 0 <= t < runner.n_vocab]
+    if bad:
+        raise BadRequest(f"context holds {len(bad)} token ids outside this model's vocabulary (0 to "
+                         f"{runner.n_vocab - 1}), e.g. {bad[0]}: send back the context that this model's last "
+                         "/api/generate reply returned, or none to start over")
+    return list(context or [])
+
+
+def after_context(runner: Runner, context: list[int], tokens: list[int], budget: int, refuse) -> Fitted:
+    bos = runner.tokenize("")  # [BOS] when this model's tokenizer starts every text with one
+    if bos and tokens[:1] == bos:
+        tokens = tokens[1:]
+    return fit_after(context, tokens, budget, refuse, pinned=int(bool(bos) and context[:1] == bos))
+
+
+# A `context` already holds the system prompt and the earlier turns, so only the text that follows an answer when the
+# user speaks again is added: cut from a rendered exchange just after the answer. A template that does not keep the
+# answer verbatim gets the new turn rendered alone. (Ollama renders the whole template again after the context,
+# system prompt included, every turn.)
+_ANSWER_MARK = "ember-answer-mark"
+
+
+def next_turn(render: Callable[[list[Message]], str], prompt: str) -> str:
+    text = render([Message("user", "?"), Message("assistant", _ANSWER_MARK), Message("user", prompt)])
+    at = text.find(_ANSWER_MARK)
+    return text[at + len(_ANSWER_MARK):] if at >= 0 else render([Message("user", prompt)])
 
 
 def grammar_for(request: GenerateRequest) -> str | None:
@@ -115,7 +149,8 @@ class Generation:
         # With tools the answer is held until it is complete: only then can a tool call be told from prose.
         self.hold = bool(request.tools) and request.tool_choice != "none"
         self.stream = TextStream(options.stop or [])
-        self.count, self.cached = 0, 0
+        self.cached = 0
+        self.answer: list[int] = []  # the tokens sampled so far
         self.started_ns = self.first_token_ns = 0
 
     def started(self, cached: int) -> None:
@@ -123,9 +158,9 @@ class Generation:
         self.started_ns = time.perf_counter_ns()
 
     def token(self, token: int) -> bool:
-        if not self.count:
+        if not self.answer:
             self.first_token_ns = time.perf_counter_ns()
-        self.count += 1
+        self.answer.append(token)
         text = self.stream.feed(self.runner.token_bytes(token))
         if text and not self.hold:
             self.emit(Token(text))
@@ -149,14 +184,16 @@ class Generation:
                 reason = "tool_calls"
         done = Done(
             reason=reason, text=content, tool_calls=calls, prompt_tokens=len(self.tokens),
-            completion_tokens=self.count, cached_tokens=self.cached, load_ns=self.load_ns,
+            completion_tokens=len(self.answer), cached_tokens=self.cached, load_ns=self.load_ns,
             prompt_ns=first - (self.started_ns or first), eval_ns=end - first, total_ns=end - self.created_ns,
             truncated_messages=self.prompt.dropped_messages, truncated_tokens=self.prompt.dropped_tokens,
+            context=None if self.request.is_chat or self.request.raw else self.tokens + self.answer,
         )
         log.info("%s: reason=%s prompt=%d (cached %d) answer=%d tokens, %.1f tok/s%s", self.model_name, done.reason,
                  done.prompt_tokens, done.cached_tokens, done.completion_tokens,
                  done.completion_tokens / max(done.eval_ns / 1e9, 1e-9),
-                 f", dropped {done.truncated_messages} messages" if done.truncated else "")
+                 f", dropped {done.truncated_messages} messages, {done.truncated_tokens} tokens"
+                 if done.truncated else "")
         self.emit(done)
 
 
