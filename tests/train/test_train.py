@@ -14,6 +14,7 @@ from ember.cli.train import parse_time
 from ember.core.errors import BadRequest
 from ember.train import data as D
 from ember.train.model import Llama, ModelConfig
+from ember.train.tokenizer import Tokenizer
 from ember.train.trainer import CKPT, TrainConfig, lr_at, train
 from tests.train.conftest import ember
 
@@ -63,6 +64,24 @@ def test_model_is_causal():
     y[0, 10:] = (y[0, 10:] + 1) % 50
     with torch.no_grad():
         assert torch.allclose(model(x)[0][0, :10], model(y)[0][0, :10], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char"])
+def test_chat_learns_only_the_assistants_replies(kind):
+    chats = [[{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Привет! How are you?"},
+              {"role": "assistant", "content": "Хорошо, thanks."}, {"role": "user", "content": "And now?"},
+              {"role": "assistant", "content": " Still fine.\nReally."}]] * 20
+    docs = [D.render_chat(c) for c in chats]
+    tok = Tokenizer.train(docs, kind, 300 if kind == "bpe" else None)
+    ids = D.tokenize(docs, tok)
+    targets = D.assistant_targets(ids, tok)
+    learned = tok.decode(ids[targets != -100].tolist())
+    assert learned == "Хорошо, thanks.<|im_end|> Still fine.\nReally.<|im_end|>" * 20
+    assert torch.equal(targets[targets != -100], ids[targets != -100])
+    x, y = D.batch(D.split(ids, 16, targets).train, 8, 16, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (8, 16) and (y == -100).any() and (y != -100).any()
+    model = Llama(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, dim=32, n_head=2, n_kv_head=1, ctx=16))
+    assert model(x, torch.full_like(y, -100))[1].item() == 0  # nothing to learn is no loss, not NaN
 
 
 def test_data_errors_say_what_to_do(tmp_path):

@@ -87,23 +87,47 @@ def tokenize(docs: list[str], tok: Tokenizer) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.int32 if tok.vocab_size < 2**31 else torch.int64)
 
 
+def assistant_targets(ids: torch.Tensor, tok: Tokenizer) -> torch.Tensor:
+    """--chat learns only the assistant's replies, each up to and including its <|im_end|> (so the model learns to
+    stop): it is taught to answer, not to write the user's side. Every other position's target is -100 (ignored)."""
+    header = tok.encode(f"{IM_START}assistant\n")
+    targets = torch.full_like(ids, -100)
+    seq = ids.tolist()
+    for start in (ids == tok.im_start).nonzero().flatten().tolist():
+        if seq[start:start + len(header)] != header:
+            continue
+        begin = start + len(header)
+        end = next((j + 1 for j in range(begin, len(seq)) if seq[j] == tok.im_end), len(seq))
+        targets[begin:end] = ids[begin:end]
+    return targets
+
+
+@dataclass
+class Stream:
+    ids: torch.Tensor
+    targets: torch.Tensor  # what each position teaches: its own id, or -100 where nothing is learned
+
+
 @dataclass
 class Splits:
-    train: torch.Tensor
-    val: torch.Tensor
+    train: Stream
+    val: Stream
 
 
-def split(tokens: torch.Tensor, ctx: int, val_fraction: float = 0.1) -> Splits:
+def split(ids: torch.Tensor, ctx: int, targets: torch.Tensor | None = None, val_fraction: float = 0.1) -> Splits:
     """The last tenth is held out, as nanoGPT does; windows shrink when the text is short."""
-    n_val = int(len(tokens) * val_fraction)
-    if len(tokens) - n_val < 2 * ctx + 2 or n_val < 2:
-        raise BadRequest(f"the data is {len(tokens)} tokens, too little for a context of {ctx}: add text or lower --ctx")
-    return Splits(tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:])
+    targets = ids if targets is None else targets
+    n_val = int(len(ids) * val_fraction)
+    if len(ids) - n_val < 2 * ctx + 2 or n_val < 2:
+        raise BadRequest(f"the data is {len(ids)} tokens, too little for a context of {ctx}: add text or lower --ctx")
+    cut = len(ids) - n_val
+    return Splits(Stream(ids[:cut], targets[:cut]), Stream(ids[cut:], targets[cut:]))
 
 
-def batch(data: torch.Tensor, batch_size: int, ctx: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """batch_size random windows: inputs and the same windows shifted by one token as targets."""
-    ctx = min(ctx, len(data) - 1)
-    starts = torch.randint(len(data) - ctx, (batch_size,), generator=gen)
-    windows = torch.stack([data[s:s + ctx + 1] for s in starts.tolist()]).long()
-    return windows[:, :-1], windows[:, 1:]
+def batch(data: Stream, batch_size: int, ctx: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """batch_size random windows: inputs, and as targets what the next position teaches."""
+    ctx = min(ctx, len(data.ids) - 1)
+    starts = torch.randint(len(data.ids) - ctx, (batch_size,), generator=gen).tolist()
+    x = torch.stack([data.ids[s:s + ctx] for s in starts]).long()
+    y = torch.stack([data.targets[s + 1:s + ctx + 1] for s in starts]).long()
+    return x, y

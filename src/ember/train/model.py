@@ -160,7 +160,9 @@ class Llama(nn.Module):
         logits = F.linear(self.norm(x), self.embed.weight)  # tied: the output matrix is the embedding
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+        # Summed, then divided by at least one: a window with nothing to learn (--chat, all user text) gives 0, not NaN.
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100,
+                               reduction="sum") / (targets != -100).sum().clamp(min=1)
         return logits, loss
 
     @torch.no_grad()

@@ -213,7 +213,8 @@ def train(cfg: TrainConfig, resume: bool = False, console=None) -> Path:
     if not resume:
         tok = Tokenizer.train(docs, cfg.tokenizer, cfg.vocab)
     mcfg = ModelConfig(**blob["model_config"]) if blob else cfg.model_config(tok.vocab_size)
-    splits = D.split(D.tokenize(docs, tok), mcfg.ctx)
+    ids = D.tokenize(docs, tok)
+    splits = D.split(ids, mcfg.ctx, D.assistant_targets(ids, tok) if cfg.chat else None)
     if not cfg.steps and not cfg.time_s:
         raise BadRequest("say how long to train: --steps N or --time 10m")
 
