@@ -114,17 +114,20 @@ def decode_tps(stamps: list[float]) -> float:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def w1(url, model, prompt, engine, rounds: int = 6) -> dict:
-    """One stream, in rounds with the same stream run in-process (alternating which goes first), so both see the
-    same machine; the ratio is taken round by round, as the machine's speed drifts between rounds."""
-    stream_completion(url, model, prompt, 8)  # load and warm
-    ours, floor = [], []
+def in_turns(rounds: int, ours, floor) -> tuple[list, list]:
+    """Runs `ours` and the in-process `floor` once per round, alternating which goes first, so both see the same
+    machine; the ratios are taken round by round, as the machine's speed drifts between rounds."""
+    our_runs, floor_runs = [], []
     for i in range(rounds):
-        for run in ((engine, None) if i % 2 == 0 else (None, engine)):
-            if run:
-                floor.append(run())
-            else:
-                ours.append(stream_completion(url, model, prompt, 256))
+        for run in ((floor, ours) if i % 2 == 0 else (ours, floor)):
+            (floor_runs if run is floor else our_runs).append(run())
+    return our_runs, floor_runs
+
+
+def w1(url, model, prompt, engine, rounds: int = 6) -> dict:
+    """One stream, in turns with the same stream run in-process."""
+    stream_completion(url, model, prompt, 8)  # load and warm
+    ours, floor = in_turns(rounds, lambda: stream_completion(url, model, prompt, 256), engine)
     rates = [decode_tps(r.token_times) for r in ours]
     return {"decode_tps": statistics.median(rates), "in_process_decode_tps": statistics.median(floor),
             "ratio": statistics.median(r / f for r, f in zip(rates, floor)),
@@ -132,16 +135,9 @@ def w1(url, model, prompt, engine, rounds: int = 6) -> dict:
 
 
 def w2(url, model, prompts, limit, rounds: int = 3, max_tokens=128) -> dict:
-    """Eight streams at once, in rounds with the in-process limit (alternating which goes first); the ratio to the
-    limit is taken round by round, as in W1. Each figure is the median over rounds."""
+    """Eight streams at once, in turns with the in-process limit; each figure is the median over rounds."""
     stream_completion(url, model, prompts[0], 4)
-    runs, limits = [], []
-    for i in range(rounds):
-        for step in (("limit", "serve") if i % 2 == 0 else ("serve", "limit")):
-            if step == "limit":
-                limits.append(limit())
-            else:
-                runs.append(eight_streams(url, model, prompts, max_tokens))
+    runs, limits = in_turns(rounds, lambda: eight_streams(url, model, prompts, max_tokens), limit)
     return {"in_process_limit_tps": statistics.median(limits),
             **{k: statistics.median(r[k] for r in runs) for k in runs[0]},
             "limit_ratio": statistics.median(r["aggregate_tps"] / f for r, f in zip(runs, limits))}

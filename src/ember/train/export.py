@@ -121,9 +121,8 @@ def export(ckpt_dir: Path, out: Path, fmt: str = "f16") -> Path:
 def publish(ckpt_dir: Path, name: str, fmt: str = "f16", progress=None) -> Path:
     """Export the checkpoint and add it to the model store as `name`; returns the GGUF path kept beside it."""
     from ember.config import Settings
-    from ember.store.store import CreateSpec, ModelStore
-
     from ember.store.gguf_info import read_gguf_info
+    from ember.store.store import CreateSpec, ModelStore
 
     gguf_path = export(ckpt_dir, Path(ckpt_dir).resolve() / f"model-{fmt}.gguf", fmt)
     # The GGUF carries its template; these make a base model continue text the way `ember sample` does, in the
