@@ -24,7 +24,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
 # ---- nanoGPT's recipe, reimplemented (karpathy/nanoGPT model.py, bias=False, dropout=0) ----
@@ -170,18 +169,18 @@ EMBER_LONG = dict(layers=6, dim=192, heads=6, kv_heads=6, ctx=128, batch_size=32
 
 def main(argv=None):
     sys.path.insert(0, str(ROOT / "src"))
-    from ember.train.data import tokenize
+    from ember.train.data import data_path, tokenize
     from ember.train.tokenizer import Tokenizer
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="200 recipe iterations and short ember runs")
     p.add_argument("--long", type=float, default=900, help="seconds for ember's long run (0: skip it)")
-    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--data", default="tinyshakespeare", help="a text file, or a bundled corpus (default)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
 
-    text = args.data.read_text(encoding="utf-8")
+    text = data_path(args.data).read_text(encoding="utf-8")
     # The recipe's own data: nanoGPT's prepare.py, 65 characters, first 90% train, last 10% val.
     chars = sorted(set(text))
     index = {c: i for i, c in enumerate(chars)}

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from tests.train.conftest import TINY
+from tests.train.helpers import TINY
 
 
 def test_torchrun_two_processes(tmp_path, english_file):

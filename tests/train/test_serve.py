@@ -7,8 +7,8 @@ import llama_cpp
 import pytest
 
 from ember.store.store import ModelStore
-from tests.conftest import Server
-from tests.train.conftest import TINY, ember
+from tests.helpers import Server
+from tests.train.helpers import TINY, ember
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from ember.train.export import write_gguf
 from ember.train.model import Llama, ModelConfig
 from ember.train.tokenizer import Tokenizer, default_vocab_size
-from tests.train.conftest import RUSSIAN, english_text
+from tests.train.helpers import RUSSIAN, english_text
 
 SAMPLES = [
     "ROMEO:\nBut, soft! what light through yonder window breaks?  It's the east,\n\n and 1234 suns.",

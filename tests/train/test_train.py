@@ -6,17 +6,17 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from ember.cli.train import parse_time
 from ember.core.errors import BadRequest
 from ember.train import data as D
 from ember.train.model import Llama, ModelConfig
 from ember.train.tokenizer import Tokenizer
 from ember.train.trainer import CKPT, TrainConfig, lr_at, train
-from tests.train.conftest import ember
+from tests.train.helpers import TINY, ember
 
 SMALL = dict(tokenizer="char", layers=1, dim=32, heads=2, kv_heads=1, ctx=32, batch_size=4, warmup=2)
 
@@ -52,7 +52,9 @@ def test_schedule_warms_up_then_decays():
 
 def test_grouped_query_attention_shares_kv_heads():
     model = Llama(ModelConfig(vocab_size=50, n_layer=1, dim=32, n_head=4, n_kv_head=1, ctx=16))
-    assert model.blocks[0].attn.wk.weight.shape == (8, 32)
+    full = Llama(ModelConfig(vocab_size=50, n_layer=1, dim=32, n_head=4, n_kv_head=4, ctx=16))
+    # One key and one value head of 8 dims instead of four: the K and V projections are a quarter the size.
+    assert full.num_params() - model.num_params() == 2 * (4 - 1) * 8 * 32
     logits, loss = model(torch.randint(50, (2, 16)), torch.randint(50, (2, 16)))
     assert logits.shape == (2, 16, 50) and loss.item() == pytest.approx(torch.log(torch.tensor(50.0)).item(), rel=0.1)
 
@@ -85,7 +87,7 @@ def test_chat_learns_only_the_assistants_replies(kind):
 
 
 def test_data_errors_say_what_to_do(tmp_path):
-    with pytest.raises(BadRequest, match="no file or folder"):
+    with pytest.raises(BadRequest, match="no file or folder .* bundled corpus: tinyshakespeare"):
         D.read_documents([tmp_path / "missing.txt"])
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\nnot json\n')
     with pytest.raises(BadRequest, match="bad.jsonl line 2"):
@@ -98,9 +100,6 @@ def test_data_errors_say_what_to_do(tmp_path):
     assert D.read_documents([tmp_path / "sub"]) == ["# notes\nhello"]
     with pytest.raises(BadRequest, match="too little"):
         D.split(torch.arange(50), ctx=64)
-    with pytest.raises(BadRequest, match="--time"):
-        parse_time("ten minutes")
-    assert parse_time("1h30m") == 5400 and parse_time("90s") == 90 and parse_time("45") == 45
 
 
 def test_bad_options_are_one_line_errors(tmp_path, english_file):
@@ -109,6 +108,12 @@ def test_bad_options_are_one_line_errors(tmp_path, english_file):
     assert proc.returncode == 1 and "must be a multiple of --heads" in proc.stderr
     proc = ember("train", "--data", str(english_file), "--name", "x", home=tmp_path, check=False)
     assert proc.returncode == 1 and "--steps N or --time 10m" in proc.stderr
+    proc = ember("train", "--data", str(english_file), "--name", "x", "--time", "ten minutes", home=tmp_path,
+                 check=False)
+    assert proc.returncode == 1 and "invalid --time" in proc.stderr
+    proc = ember("train", "--data", "nosuchcorpus", "--name", "x", "--steps", "1", home=tmp_path, check=False)
+    assert proc.returncode == 1 and "nosuchcorpus" in proc.stderr and "tinyshakespeare" in proc.stderr
+    assert not (tmp_path / "train" / "x").exists()
     proc = ember("train", "--data", str(english_file), "--name", "x", "--device", "cuda", "--steps", "1",
                  home=tmp_path, check=False)
     if not torch.cuda.is_available():
@@ -129,10 +134,23 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_run(tmp_pa
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "checkpoint saved" in err and "--resume" in err
+    assert "--resume" in err  # says how to go on
     stopped_at = json.loads((out / "log.json").read_text())["steps"]
     assert 5 <= stopped_at < 300
     ember("train", "--out", str(out), "--resume", "--steps", "300", home=home)
     ember("train", "--out", str(tmp_path / "straight"), *args, home=home)
     assert history(out) == history(tmp_path / "straight")
     assert not list(out.glob(".tmp-*"))
+
+
+def test_the_bundled_corpus_trains_by_name(tmp_path):
+    """--data tinyshakespeare needs no file: the corpus ships inside the package, and a run keeps its path."""
+    corpus = D.data_path("tinyshakespeare")
+    assert corpus.is_relative_to(Path(D.__file__).parent)  # package data, nothing outside the installed package
+    assert D.read_documents(["tinyshakespeare"])[0].startswith("First Citizen:\nBefore we proceed any further")
+    out = tmp_path / "run"
+    ember("train", "--data", "tinyshakespeare", "--out", str(out), "--tokenizer", "char", "--time", "3s", *TINY,
+          home=tmp_path / "home")
+    log = json.loads((out / "log.json").read_text())
+    assert log["train_config"]["data"] == [str(corpus)] and log["train_config"]["time_s"] == 3
+    assert log["steps"] > 0 and log["evals"]

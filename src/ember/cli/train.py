@@ -1,34 +1,28 @@
-"""`ember train` and `ember sample`: make a model from your own text, try it, and put it in the store."""
+"""`ember train` and `ember sample`: make a model from your own text, try it, and put it in the store.
+
+Importing this module is cheap: PyTorch and the training code load only when a command runs, after a check that
+ember's optional part [train] is installed.
+"""
 
 import os
-import re
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 
 from ember.config import Settings
+from ember.core.durations import parse_duration
 from ember.core.errors import BadRequest
+from ember.extras import require
 
 err = Console(stderr=True, highlight=False)
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([hms]?)")
 
 
-def parse_time(text: str | None) -> float:
-    """'10m', '1h30m', '90s' or plain seconds → seconds."""
-    if not text:
-        return 0.0
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text.strip()):
-        if m.start() != pos or not m.group(0):
-            break
-        total += float(m.group(1)) * {"h": 3600, "m": 60, "s": 1, "": 1}[m.group(2)]
-        pos = m.end()
-    if pos != len(text.strip()) or total <= 0:
-        raise BadRequest(f"invalid --time {text!r}: use a duration like 10m, 1h30m or 90s")
-    return total
+def _require_train_extra(command: str) -> None:
+    # All of [train] before any work: matplotlib is imported only when a run writes its report.
+    for module in ("torch", "tokenizers", "matplotlib"):
+        require(module, "train", command)
 
 
 def run_dir(name: str | None, out: Path | None) -> Path:
@@ -39,9 +33,34 @@ def run_dir(name: str | None, out: Path | None) -> Path:
     return Settings.from_env().home / "train" / name.replace(":", "-")
 
 
-def train(data: list[Path], name: Optional[str], out: Optional[Path], size: str, layers, dim, heads, kv_heads, ctx,
-          time: Optional[str], steps: int, batch_size: int, grad_accum: int, lr: float, seed: int, device: str,
-          tokenizer: str, vocab: Optional[int], chat: bool, resume: bool, fmt: str, eval_every: int) -> None:
+def train(
+    data: list[str] = typer.Option([], "--data", help="text files or folders (.txt, .md, .jsonl), or a bundled "
+                                   "corpus by name (tinyshakespeare); repeat for more"),
+    name: str | None = typer.Option(None, "--name", help="the model's name in the store when training ends"),
+    out: Path | None = typer.Option(None, "--out", help="checkpoint folder (default: $EMBER_HOME/train/NAME)"),
+    size: str = typer.Option("tiny", "--size", help="tiny (~1 M), small (~10 M) or base (~50 M parameters)"),
+    layers: int | None = typer.Option(None, "--layers"),
+    dim: int | None = typer.Option(None, "--dim"),
+    heads: int | None = typer.Option(None, "--heads"),
+    kv_heads: int | None = typer.Option(None, "--kv-heads"),
+    ctx: int | None = typer.Option(None, "--ctx", help="context length in tokens"),
+    time: str | None = typer.Option(None, "--time", help="time budget, e.g. 10m"),
+    steps: int = typer.Option(0, "--steps", help="optimizer steps (a fixed seed then gives the same run)"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="micro-batches per step"),
+    lr: float = typer.Option(0.0, "--lr", help="peak learning rate (default: by size)"),
+    seed: int = typer.Option(1337, "--seed"),
+    device: str = typer.Option("auto", "--device", help="cpu or cuda (default: cuda when present)"),
+    tokenizer: str = typer.Option("bpe", "--tokenizer", help="bpe (learned from the data) or char"),
+    vocab: int | None = typer.Option(None, "--vocab", help="BPE vocabulary size (default: from the data size)"),
+    chat: bool = typer.Option(False, "--chat", help="train on .jsonl chats ({\"messages\": [...]}) in ChatML"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in the checkpoint folder"),
+    fmt: str = typer.Option("f16", "--format", help="GGUF for the store: f32, f16, q8_0, q4_k_m, …"),
+    eval_every: int = typer.Option(0, "--eval-every", help="steps between evals (default: ten per run)"),
+):
+    """Train a small Llama-style model from scratch on your text; it ends up in the store as NAME."""
+    _require_train_extra("ember train")
+    from ember.train.data import data_path
     from ember.train.export import FORMATS, publish
     from ember.train.trainer import TrainConfig
     from ember.train.trainer import train as run_training
@@ -50,13 +69,15 @@ def train(data: list[Path], name: Optional[str], out: Optional[Path], size: str,
         raise BadRequest(f"unknown --format {fmt!r} (known: {', '.join(FORMATS)})")
     folder = run_dir(name, out)
     if not resume and not data:
-        raise BadRequest("say what to train on: --data PATH (files or folders of .txt, .md, .jsonl)")
+        raise BadRequest("say what to train on: --data PATH (files or folders of .txt, .md, .jsonl) or --data "
+                         "tinyshakespeare")
     if not resume and (folder / "ckpt.pt").exists():
         raise BadRequest(f"{folder} already holds a training run: continue it with --resume, or pick another --name")
-    cfg = TrainConfig(data=[str(p.resolve()) for p in data], out_dir=str(folder), size=size, layers=layers, dim=dim,
-                      heads=heads, kv_heads=kv_heads, ctx=ctx, steps=steps, time_s=parse_time(time),
-                      batch_size=batch_size, grad_accum=grad_accum, lr=lr, seed=seed, device=device,
-                      tokenizer=tokenizer, vocab=vocab, chat=chat, eval_every=eval_every)
+    cfg = TrainConfig(data=[str(data_path(d)) for d in data], out_dir=str(folder), size=size, layers=layers, dim=dim,
+                      heads=heads, kv_heads=kv_heads, ctx=ctx, steps=steps,
+                      time_s=parse_duration(time, "--time") if time else 0.0, batch_size=batch_size,
+                      grad_accum=grad_accum, lr=lr, seed=seed, device=device, tokenizer=tokenizer, vocab=vocab,
+                      chat=chat, eval_every=eval_every)
     master = int(os.environ.get("RANK", "0")) == 0
     try:
         run_training(cfg, resume=resume, console=err)
@@ -69,11 +90,20 @@ def train(data: list[Path], name: Optional[str], out: Optional[Path], size: str,
         return
     err.print(f"checkpoint, log.json and loss.png in {folder}")
     if name:
-        path = publish(folder, name, fmt, lambda s: None)
+        path = publish(folder, name, fmt)
         err.print(f"exported {path.name} and created model '{name}'; try: ember run {name} \"…\"")
 
 
-def sample(checkpoint: str, prompt: str, tokens: int, temperature: float, top_k: int, seed: Optional[int]) -> None:
+def sample(
+    checkpoint: str = typer.Argument(..., help="a checkpoint folder, or the --name of a training run"),
+    prompt: str = typer.Argument("", help="text to continue"),
+    tokens: int = typer.Option(200, "--tokens", help="how many tokens to add"),
+    temperature: float = typer.Option(0.8, "--temperature"),
+    top_k: int = typer.Option(200, "--top-k"),
+    seed: int | None = typer.Option(None, "--seed"),
+):
+    """Continue PROMPT with a training checkpoint, before (or without) exporting it."""
+    _require_train_extra("ember sample")
     import torch
 
     from ember.train.trainer import load_model

@@ -2,40 +2,53 @@
 
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
 
 from ember.core.errors import BadRequest
-from ember.train.tokenizer import IM_END, IM_START, Tokenizer
+from ember.core.templates import CHATML, render
+from ember.train.tokenizer import IM_START, Tokenizer
 
 SUFFIXES = (".txt", ".md", ".jsonl")
 
-# The chat template that --chat trains on and that the exported GGUF carries (ChatML, in the Hugging Face style).
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-# Base models have no turns: a prompt is continued as it stands.
-PLAIN_TEMPLATE = "{% for m in messages %}{{ m.content }}{% endfor %}"
+
+def bundled_corpora() -> dict[str, Path]:
+    """The public-domain texts that ship with ember (package data), by the name --data knows them by."""
+    folder = resources.files(__package__).joinpath("corpora")
+    # ember is installed as plain files, never zipped, so each resource is a real file whose path a checkpoint can
+    # keep for --resume.
+    return {f.name.removesuffix(".txt"): Path(str(f)) for f in folder.iterdir() if f.name.endswith(".txt")}
 
 
-def find_files(paths: list[Path]) -> list[Path]:
+def data_path(value: str | Path) -> Path:
+    """A --data value: an existing file or folder (made absolute), or else the name of a bundled corpus."""
+    path = Path(value)
+    if path.is_file() or path.is_dir():
+        return path.resolve()
+    corpora = bundled_corpora()
+    if str(value) in corpora:
+        return corpora[str(value)]
+    raise BadRequest(f"no file or folder at {value}, and no bundled corpus of that name; --data takes text files "
+                     f"(.txt, .md, .jsonl) or folders that exist, or a bundled corpus: {', '.join(sorted(corpora))}")
+
+
+def find_files(values: list[str | Path]) -> list[Path]:
     files = []
-    for p in paths:
+    for p in map(data_path, values):
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
-        elif p.is_file():
-            files.append(p)
         else:
-            raise BadRequest(f"no file or folder at {p}; pass --data with text files (.txt, .md, .jsonl) or folders")
+            files.append(p)
     if not files:
-        raise BadRequest(f"no .txt, .md or .jsonl files under {', '.join(map(str, paths))}")
+        raise BadRequest(f"no .txt, .md or .jsonl files under {', '.join(map(str, values))}")
     return files
 
 
 def render_chat(messages: list[dict]) -> str:
-    return "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
+    """A conversation as --chat trains on it: ChatML, the template the exported GGUF carries."""
+    return render(CHATML, messages, add_generation_prompt=False)
 
 
 def _jsonl_documents(path: Path, chat: bool) -> list[str]:
@@ -59,10 +72,12 @@ def _jsonl_documents(path: Path, chat: bool) -> list[str]:
     return docs
 
 
-def read_documents(paths: list[Path], chat: bool = False) -> list[str]:
-    """One string per document: a whole .txt/.md file, or one .jsonl record. --chat takes only .jsonl messages."""
+def read_documents(values: list[str | Path], chat: bool = False) -> list[str]:
+    """One string per document: a whole .txt/.md file, or one .jsonl record. --chat takes only .jsonl messages.
+
+    Each value is a file, a folder, or a bundled corpus's name (see data_path)."""
     docs = []
-    for f in find_files(paths):
+    for f in find_files(values):
         if f.suffix.lower() == ".jsonl":
             docs += _jsonl_documents(f, chat)
         elif chat:

@@ -10,14 +10,17 @@ from pathlib import Path
 import numpy as np
 
 from ember.core.errors import BadRequest
+from ember.core.templates import CHATML
 from ember.fsutil import TMP_PREFIX
-from ember.train.data import CHAT_TEMPLATE, PLAIN_TEMPLATE
 from ember.train.tokenizer import Tokenizer
 
 # Quantizations llama.cpp can make from an f16/f32 GGUF (tensors whose rows do not divide evenly fall back by
 # llama.cpp's own rules).
 QUANTS = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q5_1", "q4_k_m", "q4_k_s", "q4_0", "q4_1", "q3_k_m", "q2_k")
 FORMATS = ("f32", "f16") + QUANTS
+# A --chat model carries ChatML, the template it was trained on (data.render_chat); base models have no turns: a
+# prompt is continued as it stands.
+PLAIN_TEMPLATE = "{% for m in messages %}{{ m.content }}{% endfor %}"
 
 
 def _tensors(model) -> dict[str, np.ndarray]:
@@ -67,7 +70,7 @@ def write_gguf(model, tok: Tokenizer, path: Path, *, chat: bool, name: str = "em
         w.add_bos_token_id(tok.eot)
         w.add_eos_token_id(tok.im_end if chat else tok.eot)
         w.add_add_bos_token(False)  # training windows start anywhere in the text, never after a BOS
-        w.add_chat_template(CHAT_TEMPLATE if chat else PLAIN_TEMPLATE)
+        w.add_chat_template(CHATML if chat else PLAIN_TEMPLATE)
         for tname, array in _tensors(model).items():
             # Norm gains stay f32 as llama.cpp's own converter keeps them.
             w.add_tensor(tname, array.astype(np.float16) if ftype == "f16" and array.ndim == 2 else array)
@@ -118,7 +121,7 @@ def export(ckpt_dir: Path, out: Path, fmt: str = "f16") -> Path:
         base.unlink(missing_ok=True)
 
 
-def publish(ckpt_dir: Path, name: str, fmt: str = "f16", progress=None) -> Path:
+def publish(ckpt_dir: Path, name: str, fmt: str = "f16") -> Path:
     """Export the checkpoint and add it to the model store as `name`; returns the GGUF path kept beside it."""
     from ember.config import Settings
     from ember.store.gguf_info import read_gguf_info
@@ -129,5 +132,5 @@ def publish(ckpt_dir: Path, name: str, fmt: str = "f16", progress=None) -> Path:
     # context it was trained for (not the 4096 default, which ember would cut down with a warning on every load).
     ModelStore(Settings.from_env().models).create(name, CreateSpec(from_=str(gguf_path), parameters={
         "temperature": 0.8, "top_k": 200, "repeat_penalty": 1.0,
-        "num_ctx": read_gguf_info(gguf_path).context_length}), progress)
+        "num_ctx": read_gguf_info(gguf_path).context_length}))
     return gguf_path

@@ -150,11 +150,11 @@ class Llama(nn.Module):
 
     def forward(self, idx, targets=None):
         """Logits for every position (B, T, vocab); with targets, also the mean cross-entropy (-100 = ignored)."""
-        T = idx.shape[1]
-        if T > self.cfg.ctx:
-            raise ValueError(f"sequence of {T} tokens is longer than the model's context {self.cfg.ctx}")
+        length = idx.shape[1]
+        if length > self.cfg.ctx:
+            raise ValueError(f"sequence of {length} tokens is longer than the model's context {self.cfg.ctx}")
         x = self.embed(idx)
-        cos, sin = self.cos[:T], self.sin[:T]
+        cos, sin = self.cos[:length], self.sin[:length]
         for block in self.blocks:
             x = block(x, cos, sin)
         logits = F.linear(self.norm(x), self.embed.weight)  # tied: the output matrix is the embedding

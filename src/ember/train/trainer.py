@@ -5,6 +5,7 @@ trains a replica through DistributedDataParallel (gloo on CPU, NCCL on CUDA) and
 A run is reproducible for a given seed when it is bounded by --steps; a --time budget ends wherever the clock says.
 """
 
+import contextlib
 import io
 import json
 import math
@@ -29,7 +30,7 @@ CKPT, TOKENIZER, LOG, PLOT = "ckpt.pt", "tokenizer.json", "log.json", "loss.png"
 
 @dataclass
 class TrainConfig:
-    data: list[str]
+    data: list[str]  # files, folders, or the names of bundled corpora (data.data_path)
     out_dir: str
     size: str = "tiny"
     layers: int | None = None  # each of these overrides the named size
@@ -160,7 +161,8 @@ def write_report(out: Path, cfg: TrainConfig, mcfg: ModelConfig, n_params: int, 
         steps = [h[0] for h in state.history]
         losses = [h[2] for h in state.history]
         k = max(1, len(losses) // 50)  # a running mean keeps the train curve readable
-        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
+        windows = [losses[max(0, i - k + 1):i + 1] for i in range(len(losses))]
+        smooth = [sum(w) / len(w) for w in windows]
         ax.plot(steps, losses, color="tab:blue", alpha=0.25, lw=0.8)
         ax.plot(steps, smooth, color="tab:blue", label="train")
     if state.evals:
@@ -209,7 +211,7 @@ def train(cfg: TrainConfig, resume: bool = False, console=None) -> Path:
                 saved[key] = getattr(cfg, key)
         cfg = TrainConfig(**saved)
         tok = Tokenizer.load(out / TOKENIZER, cfg.tokenizer)
-    docs = D.read_documents([Path(p) for p in cfg.data], chat=cfg.chat)
+    docs = D.read_documents(cfg.data, chat=cfg.chat)
     if not resume:
         tok = Tokenizer.train(docs, cfg.tokenizer, cfg.vocab)
     mcfg = ModelConfig(**blob["model_config"]) if blob else cfg.model_config(tok.vocab_size)
@@ -267,7 +269,7 @@ def train(cfg: TrainConfig, resume: bool = False, console=None) -> Path:
             for micro in range(cfg.grad_accum):
                 x, y = D.batch(splits.train, cfg.batch_size, mcfg.ctx, gen)
                 sync = micro == cfg.grad_accum - 1 or world == 1
-                with (model.no_sync() if not sync else _null()):
+                with model.no_sync() if not sync else contextlib.nullcontext():
                     _, loss = model(x.to(device), y.to(device))
                     (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item()
@@ -305,14 +307,6 @@ def train(cfg: TrainConfig, resume: bool = False, console=None) -> Path:
     if interrupted:
         raise KeyboardInterrupt
     return out
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _agree(seconds: float, stop: bool, world: int) -> tuple[float, bool]:
