@@ -18,6 +18,22 @@ def _int_env(name: str, default: int) -> int:
         raise SystemExit(f"{name}={raw!r} is not a whole number") from None
 
 
+_SIZES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+          "gib": 2**30, "tib": 2**40}
+
+
+def _bytes_env(name: str) -> int:
+    """A size such as 8GB, 512MiB or 1000000 (bytes); 0 when unset."""
+    raw = os.environ.get(name, "").strip().lower().replace(" ", "")
+    number = raw.rstrip("kmgtib")
+    unit = raw[len(number):]
+    try:
+        value = float(number or "0") * _SIZES[unit]
+    except (ValueError, KeyError):
+        raise SystemExit(f"{name}={raw!r} is not a size: use bytes or a number with KB, MB, GB, MiB or GiB") from None
+    return int(value)
+
+
 def parse_host(raw: str | None) -> tuple[str, int]:
     """EMBER_HOST accepts 'host', 'host:port', ':port' or 'http://host:port', as OLLAMA_HOST does."""
     raw = (raw or "").strip()
@@ -47,6 +63,7 @@ class Settings:
     num_parallel: int  # 0: chosen per model from free memory and num_ctx
     keep_alive: str
     max_body_bytes: int
+    max_memory: int = 0  # bytes loaded models may hold in all; 0: what the machine has available
 
     @property
     def base_url(self) -> str:
@@ -69,4 +86,5 @@ class Settings:
             num_parallel=_int_env("EMBER_NUM_PARALLEL", 0),
             keep_alive=os.environ.get("EMBER_KEEP_ALIVE", "5m"),
             max_body_bytes=_int_env("EMBER_MAX_BODY_BYTES", 32 * 1024 * 1024),
+            max_memory=_bytes_env("EMBER_MAX_MEMORY"),
         )

@@ -5,8 +5,8 @@ that cannot fit, the request is refused with the sizes. Nothing is ever cut sile
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ember.core.errors import BadRequest
 from ember.core.types import Message

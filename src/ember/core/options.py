@@ -51,9 +51,6 @@ IGNORED_OLLAMA_OPTIONS = frozenset(
      "penalize_newline", "tfs_z", "logits_all", "embedding_only", "rope_frequency_base", "rope_frequency_scale"}
 )
 
-# Options that change how the model is loaded: a different value means a reload, as in Ollama.
-LOAD_OPTIONS = ("num_ctx", "num_batch", "num_thread")
-
 DEFAULTS = Options(
     temperature=0.8, top_k=40, top_p=0.9, min_p=0.0, typical_p=1.0, repeat_penalty=1.0, repeat_last_n=64,
     presence_penalty=0.0, frequency_penalty=0.0, mirostat=0, mirostat_tau=5.0, mirostat_eta=0.1,

@@ -38,8 +38,20 @@ def compile_template(source: str) -> jinja2.Template:
         raise BadRequest(f"chat template line {e.lineno}: {e.message}") from None
 
 
-def supports_tools(source: str) -> bool:
-    return "tools" in source
+_PROBE_TOOL = {"type": "function", "function": {
+    "name": "ember_probe_tool", "description": "ember checks whether the template shows tools to the model",
+    "parameters": {"type": "object", "properties": {"ember_probe_argument": {"type": "string"}}}}}
+
+
+@lru_cache(maxsize=64)
+def renders_tools(source: str) -> bool:
+    """Whether the template shows the model the tools it is given: rendered with a probe tool, not searched for a word
+    (a template may mention "tools" in a comment, or loop over them under another name)."""
+    try:
+        text = render(source, [{"role": "user", "content": "hi"}], tools=[_PROBE_TOOL])
+    except BadRequest:
+        return False
+    return "ember_probe_tool" in text
 
 
 def render(source: str, messages: list[dict[str, Any]], *, bos_token: str = "", eos_token: str = "",

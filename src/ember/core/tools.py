@@ -16,7 +16,8 @@ def tool_names(tools: list[dict[str, Any]]) -> list[str]:
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise BadRequest(f"tools[{i}]: expected {{'type': 'function', 'function': {{'name': ..., 'parameters': ...}}}}")
+            raise BadRequest(f"tools[{i}]: expected {{'type': 'function', "
+                             "'function': {'name': ..., 'parameters': ...}}")
         names.append(fn["name"])
     return names
 

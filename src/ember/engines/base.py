@@ -1,32 +1,89 @@
-"""What the runtime needs from an engine: a runner per loaded model that tokenizes, runs sequences, and embeds.
+"""What the runtime asks of an engine, by capability.
 
-A generating runner holds several sequences at once (slots) and decodes them together; each sequence reports back
-through the three calls of `Sequence`, on the runner's own thread.
+An engine loads one model for one role and reports one typed status. The scheduler holds engines without knowing
+what they are; generation and embedding talk to the capability they need:
+
+* a `Generator` runs several sequences at once (slots) and decodes them together; each sequence reports back through
+  the three calls of `Sequence`, on the engine's own thread;
+* an `Embedder` turns a batch of token lists into vectors;
+* a `Transcriber` (audio → timed text) and a `Recognizer` (image → text lines) take their place beside them as the
+  speech and OCR engines arrive.
 """
 
 import threading
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ember.core.options import Options
 
 
+class Capability(StrEnum):
+    """What a model can be used for; `/api/show` lists them as Ollama does."""
+
+    COMPLETION = "completion"
+    EMBEDDING = "embedding"
+    TOOLS = "tools"
+    VISION = "vision"
+
+
+class Role(StrEnum):
+    """Which capability a loaded engine serves: a model loaded to embed is a different instance from one that chats."""
+
+    GENERATE = "generate"
+    EMBED = "embed"
+
+
 @dataclass(frozen=True)
 class LoadSpec:
+    """What to load, as the request asked for it. Two requests with equal specs share one loaded engine; None leaves
+    the choice to the engine (threads by cores, slots by free memory)."""
+
     model_path: Path
+    role: Role = Role.GENERATE
     adapter_paths: tuple[Path, ...] = ()
     num_ctx: int = 4096  # per sequence
-    num_batch: int = 512
-    num_thread: int = 2
-    num_parallel: int = 1  # sequences decoded together
-    embedding: bool = False
+    num_batch: int | None = None
+    num_thread: int | None = None
+    num_parallel: int | None = None  # sequences decoded together
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """One loaded engine, as the scheduler, `ember ps` and `/api/ps` see it."""
+
+    weights_bytes: int
+    cache_bytes: int  # the KV cache (or the engine's working memory), allocated at load
+    context: int  # tokens per sequence
+    slots: int  # sequences it runs at once
+    busy_slots: int
+    threads: int
+    device: str = "cpu"
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.weights_bytes + self.cache_bytes
+
+
+class Engine(Protocol):
+    spec: LoadSpec
+
+    def status(self) -> EngineStatus: ...
+
+    def close(self) -> None: ...
+
+
+class Tokenizer(Protocol):
+    n_ctx: int  # per sequence
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]: ...
 
 
 class Sequence(Protocol):
     tokens: list[int]  # the prompt
     options: Options
-    grammar: str | None  # GBNF; the runner samples only what it admits
+    grammar: str | None  # GBNF; the engine samples only what it admits
     max_tokens: int
     cancel: threading.Event
 
@@ -40,19 +97,40 @@ class Sequence(Protocol):
         """Called once: reason is "stop", "length", "cancelled" or "error"."""
 
 
-class Runner(Protocol):
-    spec: LoadSpec
-    n_ctx: int  # per sequence
+@runtime_checkable
+class Generator(Engine, Tokenizer, Protocol):
     n_ctx_train: int
     n_vocab: int
-    memory_bytes: int
-
-    def tokenize(self, text: str, *, special: bool = True) -> list[int]: ...
 
     def token_bytes(self, token: int) -> bytes: ...
 
-    def submit(self, sequence: Sequence) -> None: ...
+    def submit(self, sequence: Sequence) -> None:
+        """Queue a sequence; it runs when a slot is free. Returns at once."""
 
-    def embed(self, token_lists: list[list[int]]) -> list[list[float]]: ...
 
-    def close(self) -> None: ...
+@runtime_checkable
+class Embedder(Engine, Tokenizer, Protocol):
+    def embed(self, token_lists: list[list[int]]) -> list[list[float]]:
+        """One vector per token list (blocking; safe to call from several threads at once)."""
+
+
+@runtime_checkable
+class Transcriber(Engine, Protocol):
+    def transcribe(self, audio: Path, language: str | None) -> list[tuple[float, float, str]]:
+        """(start s, end s, text) segments of speech."""
+
+
+@runtime_checkable
+class Recognizer(Engine, Protocol):
+    def recognize(self, image: Path, languages: list[str]) -> list[tuple[tuple[int, int, int, int], float, str]]:
+        """(box, confidence, text) lines of an image."""
+
+
+class EngineFactory(Protocol):
+    """How the scheduler gets engines: a plan (memory it will need) before loading, then the load itself."""
+
+    def estimate(self, spec: LoadSpec) -> int:
+        """Bytes of memory the engine will hold once loaded (weights and caches), known before loading."""
+
+    def load(self, spec: LoadSpec) -> Engine:
+        """Load (blocking; run off the event loop). Raises EmberError with a message for the user when it cannot."""

@@ -1,10 +1,10 @@
 """llama.cpp through llama-cpp-python: the default engine for GGUF models on CPU and GPU.
 
-`LlamaCppRunner` keeps several sequences (slots) in one llama.cpp context and advances them together: every step is one
-`llama_decode` holding the next token of each generating sequence plus a chunk of any prompt being read. Sampling
+`LlamaCppGenerator` keeps several sequences (slots) in one llama.cpp context and advances them together: every step is
+one `llama_decode` holding the next token of each generating sequence plus a chunk of any prompt being read. Sampling
 runs in llama.cpp's own sampler chain per slot, so Python never touches the vocabulary. A slot keeps its KV cache
 after a request ends, and a new request starts from the longest start of its prompt that a slot holds (see
-`_choose_slot`); a prompt is read in chunks paced so that the others keep generating (see `_KEPT_PACE`).
+`choose_slot`); a prompt is read in chunks paced so that the others keep generating (see `_KEPT_PACE`).
 """
 
 import collections
@@ -20,8 +20,11 @@ import llama_cpp
 from llama_cpp import Llama
 from llama_cpp import _internals as internals
 
-from ember.core.errors import BadRequest
-from ember.engines.base import LoadSpec, Sequence
+from ember.core.errors import BadRequest, EmberError
+from ember.engines.base import EngineStatus, LoadSpec, Role, Sequence
+from ember.engines.coalesce import Coalesced
+from ember.store.gguf_info import read_gguf_info
+from ember.system import available_memory
 
 log = logging.getLogger("ember.engine")
 
@@ -48,6 +51,40 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
+def kv_bytes_per_token(model_path) -> int:
+    """f16 K and V for every layer, from the GGUF header (read before loading, to plan slots and memory)."""
+    info = read_gguf_info(model_path)
+    meta, arch = info.model_info, info.architecture
+    heads = _largest(meta.get(f"{arch}.attention.head_count")) or 1
+    kv_heads = _largest(meta.get(f"{arch}.attention.head_count_kv")) or heads
+    return 2 * 2 * info.block_count * info.embedding_length * kv_heads // max(1, heads)
+
+
+def _largest(value) -> int:
+    """A head count, which some models give per layer."""
+    return max(value, default=0) if isinstance(value, list) else int(value or 0)
+
+
+def auto_parallel(spec: LoadSpec) -> int:
+    """Slots for a model: up to 16, as many as a quarter of the available memory holds KV caches for."""
+    per_slot = max(1, kv_bytes_per_token(spec.model_path) * spec.num_ctx)
+    return max(1, min(16, available_memory() // 4 // per_slot))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A LoadSpec with the engine's own choices filled in."""
+
+    threads: int
+    batch: int
+    slots: int
+
+    @classmethod
+    def of(cls, spec: LoadSpec) -> "_Plan":
+        slots = 1 if spec.role is Role.EMBED else spec.num_parallel or auto_parallel(spec)
+        return cls(threads=spec.num_thread or default_threads(), batch=spec.num_batch or 512, slots=slots)
+
+
 def _piece(vocab, token: int) -> bytes:
     # llama-cpp-python's own token_to_piece returns a fixed 32-byte buffer, NUL padding included.
     buf = ctypes.create_string_buffer(64)
@@ -59,7 +96,7 @@ def _piece(vocab, token: int) -> bytes:
 
 
 class _Vocabulary:
-    """Tokenizing and detokenizing, shared by both runners (llama.cpp's vocabulary is read-only, so thread-safe)."""
+    """Tokenizing and detokenizing, shared by both engines (llama.cpp's vocabulary is read-only, so thread-safe)."""
 
     def _init_vocab(self, model: internals.LlamaModel) -> None:
         self._model = model
@@ -84,7 +121,7 @@ class _Vocabulary:
 
 
 @dataclass
-class _Slot:
+class Slot:
     id: int
     cached: list[int] = field(default_factory=list)  # tokens whose KV this slot's sequence holds
     seq: Sequence | None = None
@@ -122,21 +159,47 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-class LlamaCppRunner(_Vocabulary):
+def choose_slot(slots: list[Slot], tokens: list[int]) -> tuple[Slot, Slot | None]:
+    """A free slot for a prompt, holding as much of its start as can be had without evicting another chat; and the
+    slot whose cache should be copied into it first, if any.
+
+    A slot whose cache is mostly this prompt's start (the same chat, a shared system prompt) is the first choice;
+    otherwise the least recently used slot, so several chats keep their caches. Busy slots are kept together:
+    llama.cpp attends over every slot between the lowest and the highest busy one, so eight sequences spread over
+    sixteen slots decoded 60 % slower than eight side by side. When the chosen slot is not where the busy ones are, or
+    another slot (busy or not) holds a longer start of the prompt (a system prompt several users share), that slot's
+    cache is to be copied into the one used.
+    """
+    free = [s for s in slots if s.seq is None]
+    source = max(slots, key=lambda s: (_common_prefix(s.cached, tokens), s.seq is None))
+    shared = _common_prefix(source.cached, tokens)
+    reuse = source.seq is None and 2 * shared >= len(source.cached)
+    slot = source if reuse else min(free, key=lambda s: s.last_used)
+    busy = [s.id for s in slots if s.seq]
+    if busy:
+        span = lambda s: max(busy + [s.id]) - min(busy + [s.id])  # noqa: E731
+        slot = min(free, key=lambda s: (span(s), s is not slot, s.last_used))
+    copy = slot is not source and shared > _common_prefix(slot.cached, tokens) + _COPY_WORTH_TOKENS
+    return slot, source if copy else None
+
+
+class LlamaCppGenerator(_Vocabulary):
     def __init__(self, spec: LoadSpec):
         if len(spec.adapter_paths) > 1:
             raise BadRequest("ember applies one LoRA adapter per model; this model lists several")
         self.spec = spec
+        plan = _Plan.of(spec)
+        self._threads, self._num_batch = plan.threads, plan.batch
         mparams = llama_cpp.llama_model_default_params()
         self._model_handle = internals.LlamaModel(path_model=str(spec.model_path), params=mparams, verbose=False)
         self._init_vocab(self._model_handle)
         cparams = llama_cpp.llama_context_default_params()
-        n_slots = max(1, spec.num_parallel)
+        n_slots = plan.slots
         cparams.n_ctx = spec.num_ctx * n_slots
         cparams.n_seq_max = n_slots
         cparams.kv_unified = False  # each slot gets its own num_ctx, so one long chat cannot starve the others
-        cparams.n_batch = cparams.n_ubatch = spec.num_batch
-        cparams.n_threads = cparams.n_threads_batch = spec.num_thread
+        cparams.n_batch = cparams.n_ubatch = plan.batch
+        cparams.n_threads = cparams.n_threads_batch = plan.threads
         cparams.no_perf = True
         self._ctx_handle = internals.LlamaContext(model=self._model_handle, params=cparams, verbose=False)
         self._ctx = self._ctx_handle.ctx
@@ -146,12 +209,10 @@ class LlamaCppRunner(_Vocabulary):
             self._apply_adapter(spec.adapter_paths[0])
         self.n_ctx = llama_cpp.llama_n_ctx_seq(self._ctx)
         self.n_vocab = self._model_handle.n_vocab()
-        model = self._model_handle.model
-        n_layer, n_embd = llama_cpp.llama_model_n_layer(model), llama_cpp.llama_model_n_embd(model)
-        kv_width = n_embd * llama_cpp.llama_model_n_head_kv(model) // max(1, llama_cpp.llama_model_n_head(model))
-        self.memory_bytes = self._model_handle.size() + 2 * 2 * n_layer * kv_width * cparams.n_ctx  # f16 K and V
-        self._batch = llama_cpp.llama_batch_init(spec.num_batch, 0, 1)
-        self._slots = [_Slot(i) for i in range(n_slots)]
+        self._weights_bytes = self._model_handle.size()
+        self._cache_bytes = kv_bytes_per_token(spec.model_path) * cparams.n_ctx
+        self._batch = llama_cpp.llama_batch_init(plan.batch, 0, 1)
+        self._slots = [Slot(i) for i in range(n_slots)]
         self._incoming: collections.deque[Sequence] = collections.deque()
         self._wake = threading.Condition()
         self._closed = False
@@ -172,21 +233,15 @@ class LlamaCppRunner(_Vocabulary):
 
     # -- the public side ---------------------------------------------------------------------------------------
 
-    @property
-    def slots(self) -> int:
-        return len(self._slots)
-
-    @property
-    def busy_slots(self) -> int:
-        return sum(1 for s in self._slots if s.seq)
+    def status(self) -> EngineStatus:
+        return EngineStatus(weights_bytes=self._weights_bytes, cache_bytes=self._cache_bytes, context=self.n_ctx,
+                            slots=len(self._slots), busy_slots=sum(1 for s in self._slots if s.seq),
+                            threads=self._threads)
 
     def submit(self, sequence: Sequence) -> None:
         with self._wake:
             self._incoming.append(sequence)
             self._wake.notify()
-
-    def embed(self, token_lists):
-        raise BadRequest("this runner generates; embeddings use a runner loaded for them")
 
     def close(self) -> None:
         with self._wake:
@@ -241,38 +296,18 @@ class LlamaCppRunner(_Vocabulary):
             except BadRequest as e:
                 seq.ended("error", e)
                 continue
-            slot = self._choose_slot(free, seq.tokens)
+            slot, copy_from = choose_slot(self._slots, seq.tokens)
+            if copy_from is not None:
+                # llama.cpp copies a whole stream between slots (a memcpy of one slot's KV, at the next decode); the
+                # tail past the shared start is dropped just below.
+                llama_cpp.llama_memory_seq_cp(self._mem, copy_from.id, slot.id, -1, -1)
+                slot.cached = list(copy_from.cached)
             reuse = min(_common_prefix(slot.cached, seq.tokens), len(seq.tokens) - 1)
             llama_cpp.llama_memory_seq_rm(self._mem, slot.id, reuse, -1)
             slot.cached = slot.cached[:reuse]
             slot.pending = list(seq.tokens[reuse:])
             slot.seq, slot.produced, slot.last, slot.sampler = seq, 0, -1, sampler
             seq.started(reuse)
-
-    def _choose_slot(self, free: list[_Slot], tokens: list[int]) -> _Slot:
-        """A free slot for a prompt, holding as much of its start as can be had without evicting another chat.
-
-        A slot whose cache is mostly this prompt's start (the same chat, a shared system prompt) is the first choice;
-        otherwise the least recently used slot, so several chats keep their caches. Busy slots are kept together:
-        llama.cpp attends over every slot between the lowest and the highest busy one, so eight sequences spread over
-        sixteen slots decoded 60 % slower than eight side by side. When the chosen slot is not where the busy ones
-        are, or another slot (busy or not) holds a longer start of the prompt (a system prompt several users share),
-        that KV is copied into the slot used.
-        """
-        source = max(self._slots, key=lambda s: (_common_prefix(s.cached, tokens), s.seq is None))
-        shared = _common_prefix(source.cached, tokens)
-        reuse = source.seq is None and 2 * shared >= len(source.cached)
-        slot = source if reuse else min(free, key=lambda s: s.last_used)
-        busy = [s.id for s in self._slots if s.seq]
-        if busy:
-            span = lambda s: max(busy + [s.id]) - min(busy + [s.id])  # noqa: E731
-            slot = min(free, key=lambda s: (span(s), s is not slot, s.last_used))
-        if slot is not source and shared > _common_prefix(slot.cached, tokens) + _COPY_WORTH_TOKENS:
-            # llama.cpp copies a whole stream between slots (a memcpy of one slot's KV, at the next decode); the
-            # tail past the shared start is dropped by the caller.
-            llama_cpp.llama_memory_seq_cp(self._mem, source.id, slot.id, -1, -1)
-            slot.cached = list(source.cached)
-        return slot
 
     def _sampler(self, seq: Sequence):
         o = seq.options
@@ -309,12 +344,12 @@ class LlamaCppRunner(_Vocabulary):
             llama_cpp.llama_sampler_accept(penalties, token)
         return chain
 
-    def _free_sampler(self, slot: _Slot) -> None:
+    def _free_sampler(self, slot: Slot) -> None:
         if slot.sampler is not None:
             llama_cpp.llama_sampler_free(slot.sampler)
             slot.sampler = None
 
-    def _finish(self, slot: _Slot, reason: str, error: BaseException | None = None) -> None:
+    def _finish(self, slot: Slot, reason: str, error: BaseException | None = None) -> None:
         seq, slot.seq = slot.seq, None
         slot.pending = []
         slot.last_used = time.monotonic()
@@ -342,9 +377,9 @@ class LlamaCppRunner(_Vocabulary):
 
     def _step(self) -> None:
         batch, n = self._batch, 0
-        sample_at: list[tuple[_Slot, int]] = []
+        sample_at: list[tuple[Slot, int]] = []
 
-        def put(slot: _Slot, token: int, logits: bool) -> None:
+        def put(slot: Slot, token: int, logits: bool) -> None:
             nonlocal n
             batch.token[n] = token
             batch.pos[n] = len(slot.cached)
@@ -363,7 +398,7 @@ class LlamaCppRunner(_Vocabulary):
         for slot in generating:
             put(slot, slot.last, True)
         # Prompts are read in chunks between the others' tokens (see _KEPT_PACE).
-        room = self.spec.num_batch - n
+        room = self._num_batch - n
         share = room
         if generating:
             credit = self._prompt_credit_s
@@ -397,54 +432,30 @@ class LlamaCppRunner(_Vocabulary):
                 self._finish(slot, "length")
 
 
-class _EmbedJob:
-    def __init__(self, token_lists: list[list[int]]):
-        self.token_lists = token_lists
-        self.vectors: list[list[float]] | None = None
-        self.error: BaseException | None = None
-
-
 class LlamaCppEmbedder(_Vocabulary):
     """A model loaded for embeddings: mean-pooled, several inputs per decode.
 
-    Concurrent requests are combined: whichever caller holds the context next embeds every request waiting then, so
-    eight callers sending one text each cost about one decode, not eight.
+    Concurrent requests are combined (see `Coalesced`): eight callers sending one text each cost about one decode.
     """
 
     def __init__(self, spec: LoadSpec):
         self.spec = spec
+        self._threads = _Plan.of(spec).threads
         self.llm = Llama(model_path=str(spec.model_path), n_ctx=spec.num_ctx, n_batch=spec.num_ctx,
-                         n_ubatch=spec.num_ctx, n_threads=spec.num_thread, n_threads_batch=spec.num_thread,
+                         n_ubatch=spec.num_ctx, n_threads=self._threads, n_threads_batch=self._threads,
                          embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, verbose=False)
         self._init_vocab(self.llm._model)
         self.n_ctx = self.llm.n_ctx()
-        self.memory_bytes = self.llm._model.size()
-        self._lock = threading.Lock()  # held while the context decodes
-        self._waiting: list[_EmbedJob] = []
-        self._waiting_lock = threading.Lock()
+        self._weights_bytes = self.llm._model.size()
+        self._cache_bytes = kv_bytes_per_token(spec.model_path) * self.n_ctx
+        self._batched = Coalesced(self._embed_all)
 
-    def submit(self, sequence: Sequence) -> None:
-        sequence.ended("error", BadRequest("this runner embeds; generation uses a runner loaded for it"))
+    def status(self) -> EngineStatus:
+        return EngineStatus(weights_bytes=self._weights_bytes, cache_bytes=self._cache_bytes, context=self.n_ctx,
+                            slots=1, busy_slots=int(self._batched.busy), threads=self._threads)
 
     def embed(self, token_lists: list[list[int]]) -> list[list[float]]:
-        job = _EmbedJob(token_lists)
-        with self._waiting_lock:
-            self._waiting.append(job)
-        with self._lock:
-            if job.vectors is None and job.error is None:  # nobody took it along while we waited
-                with self._waiting_lock:
-                    jobs, self._waiting = self._waiting, []
-                try:
-                    vectors = self._embed_all([toks for j in jobs for toks in j.token_lists])
-                except BaseException as e:
-                    for j in jobs:
-                        j.error = e
-                else:
-                    for j in jobs:
-                        j.vectors, vectors = vectors[: len(j.token_lists)], vectors[len(j.token_lists):]
-        if job.error is not None:
-            raise job.error
-        return job.vectors
+        return self._batched(token_lists)
 
     def _embed_all(self, token_lists: list[list[int]]) -> list[list[float]]:
         llm, n_embd = self.llm, self.llm.n_embd()
@@ -477,5 +488,17 @@ class LlamaCppEmbedder(_Vocabulary):
         self.llm.close()
 
 
-def load(spec: LoadSpec):
-    return LlamaCppEmbedder(spec) if spec.embedding else LlamaCppRunner(spec)
+class LlamaCppFactory:
+    """Loads GGUF models with llama.cpp: a generator or an embedder, as the spec's role asks."""
+
+    def estimate(self, spec: LoadSpec) -> int:
+        weights = sum(p.stat().st_size for p in (spec.model_path, *spec.adapter_paths))
+        return weights + kv_bytes_per_token(spec.model_path) * spec.num_ctx * _Plan.of(spec).slots
+
+    def load(self, spec: LoadSpec):
+        try:
+            return LlamaCppEmbedder(spec) if spec.role is Role.EMBED else LlamaCppGenerator(spec)
+        except EmberError:
+            raise
+        except Exception as e:  # llama.cpp says only "failed to load" in a ValueError
+            raise BadRequest(f"{spec.model_path.name} could not be loaded by llama.cpp: {e}") from None

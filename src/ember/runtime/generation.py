@@ -1,17 +1,20 @@
 """One generation, start to finish: prompt, context policy, grammar, then the tokens turned into text and events.
 
-Knows nothing of HTTP; hands its events to `emit`.
+Knows nothing of HTTP: `generate` yields events for one request, on a generator engine the scheduler holds for it.
 """
 
+import asyncio
 import json
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
+from ember.config import Settings
 from ember.core import templates
 from ember.core.context import Fitted, answer_reserve, fit_after, fit_messages, too_long
 from ember.core.errors import BadRequest
@@ -19,8 +22,10 @@ from ember.core.options import Options
 from ember.core.textstream import TextStream
 from ember.core.tools import forced_call_schema, parse_tool_calls, tool_names
 from ember.core.types import Done, Event, GenerateRequest, Message, Token
-from ember.engines.base import Runner
-from ember.store.store import Model
+from ember.engines.base import Generator, Role
+from ember.runtime.plan import plan
+from ember.runtime.scheduler import Scheduler
+from ember.store.store import Model, ModelStore
 
 log = logging.getLogger("ember.generation")
 
@@ -41,23 +46,23 @@ def conversation(model: Model, request: GenerateRequest) -> list[Message]:
     return head + messages
 
 
-def build_prompt(runner: Runner, model: Model, request: GenerateRequest, options: Options) -> Fitted:
-    reserve = answer_reserve(runner.n_ctx, options.num_predict)
-    budget = runner.n_ctx - reserve
+def build_prompt(engine: Generator, model: Model, request: GenerateRequest, options: Options) -> Fitted:
+    reserve = answer_reserve(engine.n_ctx, options.num_predict)
+    budget = engine.n_ctx - reserve
 
     def refuse(n: int) -> BadRequest:
-        return too_long(n, runner.n_ctx, reserve, runner.n_ctx_train)
+        return too_long(n, engine.n_ctx, reserve, engine.n_ctx_train)
 
-    context = checked_context(runner, request.context)
+    context = checked_context(engine, request.context)
     if request.raw and not request.is_chat:
-        tokens = runner.tokenize(request.prompt or "")
+        tokens = engine.tokenize(request.prompt or "")
         if context:
-            return after_context(runner, context, tokens, budget, refuse)
+            return after_context(engine, context, tokens, budget, refuse)
         if len(tokens) > budget:
             raise refuse(len(tokens))
         return Fitted(tokens)
     source = chat_template(model, request)
-    if request.tools and not templates.supports_tools(source):
+    if request.tools and not templates.renders_tools(source):
         raise BadRequest(f"{model.name} does not support tools: its chat template has no place for them")
     info = model.info
 
@@ -66,22 +71,22 @@ def build_prompt(runner: Runner, model: Model, request: GenerateRequest, options
                                  bos_token=info.bos_token or "", eos_token=info.eos_token or "")
 
     if context:
-        return after_context(runner, context, runner.tokenize(next_turn(render, request.prompt or "")), budget, refuse)
-    return fit_messages(conversation(model, request), lambda messages: runner.tokenize(render(messages)), budget,
+        return after_context(engine, context, engine.tokenize(next_turn(render, request.prompt or "")), budget, refuse)
+    return fit_messages(conversation(model, request), lambda messages: engine.tokenize(render(messages)), budget,
                         refuse)
 
 
-def checked_context(runner: Runner, context: list[int] | None) -> list[int]:
-    bad = [t for t in context or [] if not 0 <= t < runner.n_vocab]
+def checked_context(engine: Generator, context: list[int] | None) -> list[int]:
+    bad = [t for t in context or [] if not 0 <= t < engine.n_vocab]
     if bad:
         raise BadRequest(f"context holds {len(bad)} token ids outside this model's vocabulary (0 to "
-                         f"{runner.n_vocab - 1}), e.g. {bad[0]}: send back the context that this model's last "
+                         f"{engine.n_vocab - 1}), e.g. {bad[0]}: send back the context that this model's last "
                          "/api/generate reply returned, or none to start over")
     return list(context or [])
 
 
-def after_context(runner: Runner, context: list[int], tokens: list[int], budget: int, refuse) -> Fitted:
-    bos = runner.tokenize("")  # [BOS] when this model's tokenizer starts every text with one
+def after_context(engine: Generator, context: list[int], tokens: list[int], budget: int, refuse) -> Fitted:
+    bos = engine.tokenize("")  # [BOS] when this model's tokenizer starts every text with one
     if bos and tokens[:1] == bos:
         tokens = tokens[1:]
     return fit_after(context, tokens, budget, refuse, pinned=int(bool(bos) and context[:1] == bos))
@@ -129,21 +134,21 @@ class Failed:
 
 
 class Generation:
-    """One request's generation as a runner sequence: holds its prompt and turns its tokens into events.
+    """One request's generation as an engine sequence: holds its prompt and turns its tokens into events.
 
-    Built (template, context policy, grammar) on a worker thread, then driven by the runner's decode thread.
+    Built (template, context policy, grammar) on a worker thread, then driven by the engine's decode thread.
     """
 
-    def __init__(self, runner: Runner, model: Model, request: GenerateRequest, options: Options,
+    def __init__(self, engine: Generator, model: Model, request: GenerateRequest, options: Options,
                  emit: Callable[[Event | Failed], None], load_ns: int = 0):
         self.created_ns = time.perf_counter_ns() - load_ns
-        self.runner, self.request, self.emit, self.load_ns = runner, request, emit, load_ns
+        self.engine, self.request, self.emit, self.load_ns = engine, request, emit, load_ns
         self.model_name = model.name
         self.options = options
-        self.prompt = build_prompt(runner, model, request, options)
+        self.prompt = build_prompt(engine, model, request, options)
         self.tokens = self.prompt.tokens
         self.grammar = grammar_for(request)
-        room = runner.n_ctx - len(self.tokens)
+        room = engine.n_ctx - len(self.tokens)
         self.max_tokens = min(options.num_predict, room) if options.num_predict > 0 else room
         self.cancel = threading.Event()
         # With tools the answer is held until it is complete: only then can a tool call be told from prose.
@@ -161,7 +166,7 @@ class Generation:
         if not self.answer:
             self.first_token_ns = time.perf_counter_ns()
         self.answer.append(token)
-        text = self.stream.feed(self.runner.token_bytes(token))
+        text = self.stream.feed(self.engine.token_bytes(token))
         if text and not self.hold:
             self.emit(Token(text))
         return not self.stream.stopped
@@ -197,6 +202,37 @@ class Generation:
         self.emit(done)
 
 
-def check_tools(request: GenerateRequest) -> None:
+async def generate(scheduler: Scheduler, store: ModelStore, settings: Settings,
+                   request: GenerateRequest) -> AsyncIterator[Event]:
+    """Events for one request, ending with Done. Closing the iterator early cancels the generation."""
     if request.tools:
-        tool_names(request.tools)
+        tool_names(request.tools)  # a malformed tool is a 400 before anything loads
+    p = await asyncio.to_thread(plan, store, settings, request.model, request.options, request.preset, Role.GENERATE)
+    async with scheduler.admitted(), scheduler.using(p.model, p.spec, request.keep_alive) as lease:
+        engine = lease.engine
+        if not isinstance(engine, Generator):
+            raise BadRequest(f"{p.model.name} cannot generate text: it is an embedding model; use /api/embed")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        job: Generation | None = None
+
+        def emit(event) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the loop has closed: the server is shutting down
+                if job:
+                    job.cancel.set()
+
+        try:
+            job = await asyncio.to_thread(Generation, engine, p.model, request, p.options, emit, lease.load_ns)
+            engine.submit(job)
+            while True:
+                event = await events.get()
+                if isinstance(event, Failed):
+                    raise event.error
+                yield event
+                if isinstance(event, Done):
+                    return
+        finally:
+            if job:
+                job.cancel.set()

@@ -1,0 +1,53 @@
+"""Which engine loads a model, and what the model can do with it.
+
+Each engine module is imported only when a model needs it, so that listing or showing models never loads llama.cpp
+(and, later, Whisper or Tesseract).
+"""
+
+from ember.core.errors import BadRequest
+from ember.core.templates import CHATML, renders_tools
+from ember.engines.base import Capability, Engine, EngineFactory, LoadSpec
+from ember.store.store import Model
+
+GGUF_MAGIC = b"GGUF"
+
+
+def _is_gguf(spec: LoadSpec) -> bool:
+    try:
+        with open(spec.model_path, "rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError as e:
+        raise BadRequest(f"cannot read {spec.model_path}: {e.strerror}") from None
+
+
+class Engines:
+    """The scheduler's engine factory: hands each spec to the engine that can load it."""
+
+    def __init__(self) -> None:
+        self._llama: EngineFactory | None = None
+
+    def _engine_for(self, spec: LoadSpec) -> EngineFactory:
+        if not _is_gguf(spec):
+            raise BadRequest(f"{spec.model_path.name} is not a GGUF file; ember's engines load GGUF models")
+        if self._llama is None:
+            from ember.engines.llamacpp import LlamaCppFactory
+
+            self._llama = LlamaCppFactory()
+        return self._llama
+
+    def estimate(self, spec: LoadSpec) -> int:
+        return self._engine_for(spec).estimate(spec)
+
+    def load(self, spec: LoadSpec) -> Engine:
+        return self._engine_for(spec).load(spec)
+
+
+def capabilities(model: Model) -> list[Capability]:
+    """What `model` can be used for with the engines ember has: read from its GGUF header and its template."""
+    info = model.info
+    if f"{info.architecture}.pooling_type" in info.model_info:  # an encoder made for embeddings (BERT and kin)
+        return [Capability.EMBEDDING]
+    found = [Capability.COMPLETION]
+    if renders_tools(model.template or info.chat_template or CHATML):
+        found.append(Capability.TOOLS)
+    return found
