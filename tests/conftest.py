@@ -1,22 +1,27 @@
-"""Shared fixtures: a model store with the bundled model pulled, and a real `ember serve` process on loopback."""
+"""Fixtures: a model store with the bundled model pulled, and real `ember serve` processes on loopback.
 
-import os
-import socket
-import subprocess
-import sys
-import time
+Tests that use them (or a trained model) are integration tests: marked here, so that `make test-fast` leaves them out.
+"""
+
 from pathlib import Path
 
 import httpx
 import pytest
 
 from ember.store.store import ModelStore
+from tests.helpers import Server
+
+# What needs the real bundled model, a real server or a training run: these folders, and tests using these fixtures.
+INTEGRATION_FOLDERS = ("api", "cli", "train")
+INTEGRATION_FIXTURES = {"ember_home", "server", "make_server", "api", "pulled"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def pytest_collection_modifyitems(items):
+    root = Path(__file__).parent
+    for item in items:
+        folder = item.path.relative_to(root).parts[0] if item.path.is_relative_to(root) else ""
+        if folder in INTEGRATION_FOLDERS or INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -24,50 +29,6 @@ def ember_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("ember-home")
     ModelStore(home / "models").pull("smollm2")
     return home
-
-
-def server_env(home: Path, port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBER_")}
-    env.update(EMBER_HOME=str(home), EMBER_HOST=f"127.0.0.1:{port}", PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
-class Server:
-    """`python -m ember serve` in a subprocess, as a user would start it."""
-
-    def __init__(self, home: Path, log_path: Path, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.env = server_env(home, self.port, **env)
-        self.proc = None
-
-    def start(self) -> "Server":
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ember", "serve"], env=self.env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ember serve exited: {self.log_text()}")
-            try:
-                if httpx.get(f"{self.url}/api/version", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError(f"ember serve did not start: {self.log_text()}")
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
 
 
 @pytest.fixture(scope="session")

@@ -81,33 +81,6 @@ def test_a_busy_slot_shares_its_system_prompt(make_server):
     assert fresh["choices"][0]["message"] == second["choices"][0]["message"]
 
 
-def test_slot_choice_keeps_busy_slots_together_and_caches_apart(ember_home):
-    from ember.engines.base import LoadSpec
-    from ember.engines.llamacpp import load
-    from ember.store.store import ModelStore
-
-    runner = load(LoadSpec(model_path=ModelStore(ember_home / "models").get("smollm2").model_path, num_ctx=256,
-                           num_parallel=4))
-    chat_a, chat_b, chat_c = [1, 2, 3] * 20, [4, 5, 6] * 20, [1, 2, 9] * 20
-    slots = runner._slots
-    try:
-        with runner._wake:  # the decode thread waits on this lock, so it never sees the staged slots
-            for slot, cached, last_used in zip(slots, (chat_a, [], [], chat_b), (1.0, 0.0, 0.0, 2.0)):
-                slot.cached, slot.last_used = list(cached), last_used
-            free = lambda: [s for s in slots if s.seq is None]  # noqa: E731
-            # Nothing busy: chat B's next turn returns to its own slot; a chat sharing 2 tokens with A gets an
-            # empty slot instead of evicting A.
-            assert runner._choose_slot(free(), chat_b + [7]).id == 3
-            assert runner._choose_slot(free(), chat_c).id == 1
-            # Slot 0 busy: chat B's turn goes next to it, its cache copied over, instead of three slots away.
-            slots[0].seq = object()
-            chosen = runner._choose_slot(free(), chat_b + [7])
-            assert chosen.id == 1 and chosen.cached == chat_b
-    finally:
-        slots[0].seq = None
-        runner.close()
-
-
 def test_a_long_prompt_is_read_between_a_running_streams_tokens(make_server):
     srv = make_server(EMBER_NUM_PARALLEL="2")
     endless = {"model": "smollm2", "prompt": "numbers", "options": {"num_predict": 3000},
@@ -144,7 +117,7 @@ def test_disconnect_frees_the_slot_at_once(make_server):
             for _ in range(3):
                 next(lines)
             assert api.get("/api/ps").json()["models"][0]["slots_busy"] == 1
-        deadline = time.time() + 1
+        deadline = time.time() + 5  # noticed at the next step; grammar-constrained steps are slow on a busy CPU
         while api.get("/api/ps").json()["models"][0]["slots_busy"] and time.time() < deadline:
             time.sleep(0.02)
         assert api.get("/api/ps").json()["models"][0]["slots_busy"] == 0
@@ -153,32 +126,17 @@ def test_disconnect_frees_the_slot_at_once(make_server):
         assert generate(srv.url, "hi", num_predict=2)["done"] and time.time() - started < 3
 
 
-def test_concurrent_embed_requests_share_one_decode(ember_home):
-    from ember.engines.base import LoadSpec
-    from ember.engines.llamacpp import load
-    from ember.store.store import ModelStore
-
-    embedder = load(LoadSpec(model_path=ModelStore(ember_home / "models").get("smollm2").model_path, num_ctx=512,
-                             embedding=True))
+def test_concurrent_embed_requests_get_the_vectors_they_get_alone(api):
+    """Concurrent requests are embedded together in one batch (tests/engines checks the batching itself)."""
     texts = ["hello world", "привет мир", "the river keeper", "тихий вечер"]
-    alone = [embedder.embed([embedder.tokenize(t, special=False)])[0] for t in texts]
-    decodes = 0
-    real_decode = embedder.llm._ctx.decode
 
-    def counting_decode(batch):
-        nonlocal decodes
-        decodes += 1
-        return real_decode(batch)
+    def embed(text: str) -> list[float]:
+        r = api.post("/api/embed", json={"model": "smollm2", "input": text})
+        assert r.status_code == 200, r.text
+        return r.json()["embeddings"][0]
 
-    embedder.llm._ctx.decode = counting_decode
-    with cf.ThreadPoolExecutor(len(texts)) as pool:
-        with embedder._lock:  # hold the context until every request is waiting, as under load
-            futures = [pool.submit(embedder.embed, [embedder.tokenize(t, special=False)]) for t in texts]
-            while len(embedder._waiting) < len(texts):
-                time.sleep(0.01)
-        together_ = [f.result()[0] for f in futures]
-    embedder.close()
-    assert decodes == 1
+    alone = [embed(t) for t in texts]
+    together_ = together(embed, texts)
     # llama.cpp's matrix kernels round a little differently by a row's place in the batch: same direction, not bits.
     for batched, single in zip(together_, alone):
         cosine = sum(a * b for a, b in zip(batched, single)) / math.hypot(*batched) / math.hypot(*single)

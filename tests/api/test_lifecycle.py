@@ -1,5 +1,6 @@
 """Loading, keep-alive, the loaded-model limit, the queue limit, disconnects, the context window, crash safety."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from ember.fsutil import TMP_PREFIX
 from ember.store.store import ModelStore
 
 # A schema that forces a long answer: the grammar will not let the model stop early.
@@ -17,7 +19,8 @@ LONG = {"type": "array", "items": {"type": "integer"}, "minItems": 2000}
 
 
 def loaded(api) -> dict:
-    return {m["name"]: m for m in api.get("/api/ps").json()["models"]}
+    """The models loaded for generation (a model loaded for embeddings is listed apart)."""
+    return {m["name"]: m for m in api.get("/api/ps").json()["models"] if not m["embedding"]}
 
 
 def test_empty_prompt_loads_and_keep_alive_zero_unloads(make_server):
@@ -34,11 +37,14 @@ def test_empty_prompt_loads_and_keep_alive_zero_unloads(make_server):
 
 
 def test_keep_alive_expiry(make_server):
+    """The scheduler's clock-driven tests check the timing; this checks that a real server unloads at all."""
     srv = make_server()
     api = httpx.Client(base_url=srv.url, timeout=60)
     api.post("/api/generate", json={"model": "smollm2", "keep_alive": "1s"})
     assert "smollm2:latest" in loaded(api)
-    time.sleep(2.5)
+    deadline = time.monotonic() + 10
+    while "smollm2:latest" in loaded(api) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert "smollm2:latest" not in loaded(api)
 
 
@@ -79,11 +85,8 @@ def test_disconnect_stops_generation(make_server):
         quick = api.post("/api/generate", json={"model": "smollm2", "prompt": "hi", "stream": False,
                                                 "options": {"num_predict": 1}})
         assert quick.status_code == 200 and time.time() - started < 5
-        deadline = time.time() + 5
-        while "reason=cancelled" not in srv.log_text() and time.time() < deadline:
-            time.sleep(0.1)
-        assert "reason=cancelled" in srv.log_text()
-        assert loaded(api)["smollm2:latest"]["active_requests"] == 0
+        model = loaded(api)["smollm2:latest"]
+        assert model["active_requests"] == 0 and model["slots_busy"] == 0
 
 
 def test_chat_that_does_not_fit_drops_oldest_turns_and_says_so(api):
@@ -120,7 +123,7 @@ def _store_is_whole(models_dir) -> None:
     store = ModelStore(models_dir)
     store.cleanup_partials()
     for path in models_dir.rglob("*"):
-        assert not path.name.startswith(".tmp-"), path
+        assert not path.name.startswith(TMP_PREFIX), path
     for model in store.list():
         manifest = json.loads((models_dir / "manifests" / model.name.split(":")[0] / model.name.split(":")[1]).read_text())
         for layer in manifest["layers"]:
@@ -138,10 +141,8 @@ def test_server_killed_during_create_leaves_no_half_model(make_server, tmp_path,
     srv = make_server(home=home)
 
     def create():
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # the server is killed mid-request
             httpx.post(f"{srv.url}/api/create", json={"model": "killed", "modelfile": f"FROM {gguf}"}, timeout=30)
-        except httpx.HTTPError:
-            pass
 
     t = threading.Thread(target=create)
     t.start()

@@ -18,10 +18,9 @@ def test_atomic_writes(tmp_path):
 def test_atomic_file_keeps_the_old_content_when_the_write_fails(tmp_path):
     target = tmp_path / "f.json"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_file(target) as f:
-            f.write(b"half of the new")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_file(target) as f:
+        f.write(b"half of the new")
+        raise RuntimeError("killed")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
     with atomic_file(target) as f:
         f.write(b"new")

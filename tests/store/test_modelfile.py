@@ -35,7 +35,7 @@ def test_every_instruction(tmp_path, tiny_adapter):
     assert isinstance(spec.parameters["num_ctx"], int) and isinstance(spec.parameters["temperature"], float)
     assert spec.system == "You are terse.\n  Very terse."
     assert spec.template == "{% for m in messages %}{{ m.content }}{% endfor %}"
-    assert spec.messages == [("user", "Hi there"), ("assistant", "Hello."), ("user", "two\nlines")]
+    assert [(m.role, m.content) for m in spec.messages] == [("user", "Hi there"), ("assistant", "Hello."), ("user", "two\nlines")]
     assert spec.license == "MIT\n\nSecond license"
     assert spec.adapters == [str(tmp_path / "lora.gguf")]
 
@@ -44,7 +44,7 @@ def test_value_forms(tmp_path):
     spec = parse_modelfile('FROM "smollm2:135m"\nSYSTEM ""\nTEMPLATE "{{ bos_token }}"\n'
                            'MESSAGE user """He said "hi\"\"""\nLICENSE """\nMIT\n"""\n', tmp_path)
     assert spec.from_ == "smollm2:135m" and spec.system == "" and spec.template == "{{ bos_token }}"
-    assert spec.messages == [("user", 'He said "hi"')]
+    assert [(m.role, m.content) for m in spec.messages] == [("user", 'He said "hi"')]
     assert spec.license == "\nMIT\n"  # triple-quoted values are kept exactly as written
     assert spec.adapters == [] and spec.parameters == {}
 

@@ -3,6 +3,7 @@ import hashlib
 import pytest
 
 from ember.core.errors import BadRequest, NotFound
+from ember.fsutil import remove_partials
 from ember.store.blobs import BlobStore, normalize_digest
 from ember.store.names import ModelName, parse_name
 
@@ -61,9 +62,9 @@ def test_blob_write_verifies_and_leaves_nothing_on_mismatch(tmp_path):
 
 def test_existing_blob_is_not_rewritten(tmp_path):
     blobs = BlobStore(tmp_path)
-    digest = blobs.write_bytes(b"same")
+    digest = blobs.write_chunks([b"same"])
     inode = blobs.path(digest).stat().st_ino
-    assert blobs.write_bytes(b"same") == digest
+    assert blobs.write_chunks([b"same"]) == digest
     assert blobs.write_chunks(iter(()), digest) == digest  # known digest: the data is not even read
     assert blobs.path(digest).stat().st_ino == inode
 
@@ -99,11 +100,11 @@ def test_import_file_reports_progress(tmp_path):
 
 def test_remove_and_list(tmp_path):
     blobs = BlobStore(tmp_path)
-    a, b = blobs.write_bytes(b"a"), blobs.write_bytes(b"b")
+    a, b = blobs.write_chunks([b"a"]), blobs.write_chunks([b"b"])
     (tmp_path / ".tmp-x").write_bytes(b"")
     (tmp_path / "notes.txt").write_bytes(b"")
     assert blobs.all_digests() == {a, b}
     blobs.remove(a)
     blobs.remove(a)  # already gone: fine
     assert blobs.all_digests() == {b}
-    assert blobs.cleanup_partials() == 1 and not (tmp_path / ".tmp-x").exists()
+    assert remove_partials(tmp_path) == 1 and not (tmp_path / ".tmp-x").exists()

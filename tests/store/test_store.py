@@ -1,41 +1,42 @@
 import json
 import os
-from datetime import timezone
+from datetime import UTC
 
 import pytest
 
 from ember.core.errors import BadRequest, EmberError, NotFound
 from ember.core.types import Message
-from ember.store.store import CreateSpec, ModelStore
-
-from .conftest import smollm2_gguf, write_gguf
+from ember.engines.registry import capabilities
+from ember.store.store import CreateSpec, ModelStore, describe
+from tests.helpers import Reports, smollm2_gguf, write_gguf
 
 
 def manifest_of(store: ModelStore, model: str, tag: str = "latest") -> dict:
     return json.loads((store.manifests / model / tag).read_text())
 
 
-def test_pull_reports_progress_like_ollama(pulled):
-    seen = pulled.first_pull
-    statuses = [s["status"] for s in seen]
+def test_pull_reports_progress_like_ollama(store):
+    seen = Reports()
+    pulled = store
+    pulled.pull("smollm2", seen)
+    statuses = seen.statuses
     assert statuses[0] == "pulling manifest" and statuses[-3:] == ["verifying sha256 digest", "writing manifest",
                                                                     "success"]
-    copying = [s for s in seen if "digest" in s]
-    digest, total = copying[0]["digest"], smollm2_gguf().stat().st_size
-    assert len(copying) > 3 and all(s["status"] == f"pulling {digest[7:19]}" and s["total"] == total
-                                    for s in copying)
-    assert [s["completed"] for s in copying] == sorted(s["completed"] for s in copying)
-    assert copying[-1]["completed"] == total
+    copying = [s for s in seen if s.item]
+    digest, total = copying[0].item, smollm2_gguf().stat().st_size
+    assert len(copying) > 3 and all(s.status == f"pulling {digest[7:19]}" and s.total == total for s in copying)
+    assert [s.completed for s in copying] == sorted(s.completed for s in copying)
+    assert copying[-1].completed == total
     model = pulled.get("smollm2")
     assert model.name == "smollm2:latest" and model.size > total and model.model_path.name == digest.replace(":", "-")
-    assert model.modified_at.tzinfo == timezone.utc and len(model.digest) == 64
+    assert model.modified_at.tzinfo == UTC and len(model.digest) == 64
     assert "Apache" in model.license and model.params == {} and model.messages == [] and model.template is None
 
     # Again, and under the other tag: the blob is there, so nothing is copied and the manifest is not rewritten.
     mtime = (pulled.manifests / "smollm2" / "latest").stat().st_mtime_ns
-    again = []
-    assert pulled.pull("smollm2:latest", again.append).digest == model.digest
-    assert [s["status"] for s in again] == ["pulling manifest", f"pulling {digest[7:19]}", "verifying sha256 digest",
+    again = Reports()
+    assert pulled.pull("smollm2:latest", again).digest == model.digest
+    assert again.statuses == ["pulling manifest", f"pulling {digest[7:19]}", "verifying sha256 digest",
                                             "writing manifest", "success"]
     assert (pulled.manifests / "smollm2" / "latest").stat().st_mtime_ns == mtime
     assert pulled.pull("smollm2:135m").model_path == model.model_path and len(pulled.blobs.all_digests()) == 3
@@ -44,9 +45,9 @@ def test_pull_reports_progress_like_ollama(pulled):
 
 
 def test_pull_refuses_names_outside_the_catalog(store):
-    seen = []
+    seen = Reports()
     with pytest.raises(NotFound) as e:
-        store.pull("llama3", seen.append)
+        store.pull("llama3", seen)
     assert "smollm2:latest, smollm2:135m" in e.value.message and seen == []
     with pytest.raises(NotFound, match="catalog"):
         store.pull("smollm2:7b")
@@ -55,14 +56,15 @@ def test_pull_refuses_names_outside_the_catalog(store):
 
 
 def test_show_smollm2(pulled):
-    shown = pulled.show("smollm2")
+    pulled.pull("smollm2")
+    shown = describe(pulled.get("smollm2"))
     assert shown["details"] == {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
                                 "parameter_size": "134.52M", "quantization_level": "Q4_1"}
     assert shown["model_info"]["llama.context_length"] == 8192
     assert shown["model_info"]["general.architecture"] == "llama"
     assert shown["model_info"]["general.parameter_count"] == 134_515_008
     assert "<|im_start|>" in shown["template"] and "Apache" in shown["license"] and shown["system"] == ""
-    assert shown["capabilities"] == ["completion"] and shown["parameters"] == ""
+    assert capabilities(pulled.get("smollm2")) == ["completion"] and shown["parameters"] == ""
     assert shown["modified_at"].endswith("Z")
     assert f"FROM {pulled.get('smollm2').model_path}" in shown["modelfile"]
     info = pulled.get("smollm2").info
@@ -70,6 +72,7 @@ def test_show_smollm2(pulled):
 
 
 def test_list_get_exists(pulled):
+    pulled.pull("smollm2")
     assert [m.name for m in pulled.list()] == ["smollm2:latest"]
     assert pulled.exists("smollm2") and pulled.exists("smollm2:latest") and not pulled.exists("smollm2:135m")
     with pytest.raises(NotFound) as e:
@@ -78,10 +81,16 @@ def test_list_get_exists(pulled):
 
 
 def test_create_from_a_gguf_path(store, tiny):
-    statuses = []
-    model = store.create("m:v1", CreateSpec(from_=str(tiny), template="{{ messages }} {{ tools }}",
-                                            parameters={"stop": "x", "num_ctx": "512"}), statuses.append)
-    assert statuses[0].startswith("creating new layer sha256:") and statuses[-2:] == ["writing manifest", "success"]
+    reports = Reports()
+    model = store.create("m:v1", CreateSpec(from_=str(tiny), template="{% for t in tools %}{{ t }}{% endfor %}",
+                                            parameters={"stop": "x", "num_ctx": "512"}), reports)
+    statuses = reports.statuses
+    assert statuses[:2] == ["reading tiny.gguf", "copying tiny.gguf"]
+    assert statuses[-2:] == ["writing manifest", "success"]
+    copied = [r for r in reports if r.total]
+    assert copied[-1].completed == copied[-1].total == tiny.stat().st_size
+    created = [s for s in statuses if "layer" in s]
+    assert created[0].startswith("creating new layer sha256:")
     assert model.model_path.read_bytes() == tiny.read_bytes() and model.params == {"stop": ["x"], "num_ctx": 512}
     manifest = manifest_of(store, "m", "v1")
     assert manifest["schemaVersion"] == 2
@@ -95,19 +104,21 @@ def test_create_from_a_gguf_path(store, tiny):
     assert config["parameter_size"] == "136" and config["file_type"] == "F32"
     assert all(store.blobs.size(layer["digest"]) == layer["size"] for layer in manifest["layers"])
     assert model.size == sum(layer["size"] for layer in manifest["layers"])
-    assert store.show("m:v1")["capabilities"] == ["completion", "tools"]
-    again = []
-    store.create("m:v2", CreateSpec(from_=str(tiny)), again.append)
-    assert again[0] == statuses[0].replace("creating new", "using existing")  # the GGUF is not copied again
+    assert capabilities(model) == ["completion", "tools"]
+    again = Reports()
+    store.create("m:v2", CreateSpec(from_=str(tiny)), again)
+    # the GGUF is not copied again
+    assert again.statuses[:2] == ["reading tiny.gguf", created[0].replace("creating new", "using existing")]
 
 
 def test_create_from_stored_model_inherits_and_overrides(store, tiny, tiny_adapter):
     base = store.create("base", CreateSpec(
         from_=str(tiny), parameters={"temperature": 0.1, "top_k": 5, "stop": ["a"]}, system="base",
         license="MIT", template="{{ messages }}", adapters=[str(tiny_adapter)], messages=[Message("user", "q")]))
-    statuses = []
+    reports = Reports()
     child = store.create("child", CreateSpec(from_="base", parameters={"top_k": 9, "preset": "creative"},
-                                             system="child", messages=[Message("user", "hi")]), statuses.append)
+                                             system="child", messages=[Message("user", "hi")]), reports)
+    statuses = reports.statuses
     assert child.params == {"temperature": 0.1, "top_k": 9, "stop": ["a"], "preset": "creative"}
     assert (child.system, child.license, child.template) == ("child", "MIT", "{{ messages }}")
     assert [(m.role, m.content) for m in child.messages] == [("user", "hi")]
@@ -123,9 +134,9 @@ def test_create_from_stored_model_inherits_and_overrides(store, tiny, tiny_adapt
 def test_create_from_digest_and_adapter(store, tiny, tiny_adapter):
     digest = store.blobs.import_file(tiny)
     adapter = store.blobs.import_file(tiny_adapter)
-    statuses = []
-    model = store.create("m", CreateSpec(from_=digest.replace(":", "-"), adapters=[adapter]), statuses.append)
-    assert statuses == [f"using existing layer {digest}", f"using existing layer {adapter}", "writing manifest",
+    reports = Reports()
+    model = store.create("m", CreateSpec(from_=digest.replace(":", "-"), adapters=[adapter]), reports)
+    assert reports.statuses == [f"using existing layer {digest}", f"using existing layer {adapter}", "writing manifest",
                         "success"]
     assert model.adapter_paths == [store.blobs.path(adapter)]
 
@@ -148,9 +159,9 @@ def test_create_from_digest_and_adapter(store, tiny, tiny_adapter):
 ])
 def test_create_refuses_bad_parts_before_writing_or_reporting(store, tiny, tiny_adapter, spec, error, words):
     (tiny.parent / "x.gguf").write_bytes(b"hello")
-    statuses = []
+    statuses = Reports()
     with pytest.raises(error, match=words):
-        store.create("x", spec(tiny, tiny_adapter), statuses.append)
+        store.create("x", spec(tiny, tiny_adapter), statuses)
     assert statuses == [] and store.list() == [] and not store.blobs.all_digests()
     with pytest.raises(BadRequest, match="invalid model name"):
         store.create("a/b", CreateSpec(from_=str(tiny)))
@@ -158,13 +169,15 @@ def test_create_refuses_bad_parts_before_writing_or_reporting(store, tiny, tiny_
 
 def test_create_from_modelfile(store, tiny, tmp_path):
     (tmp_path / "Modelfile").write_text("FROM ./tiny.gguf\nPARAMETER temperature 0.2\nSYSTEM be brief\n")
-    statuses = []
-    model = store.create_from_modelfile("mf", (tmp_path / "Modelfile").read_text(), tmp_path, statuses.append)
-    assert statuses[0] == "parsing modelfile" and statuses[1].startswith("creating new layer sha256:")
+    reports = Reports()
+    model = store.create_from_modelfile("mf", (tmp_path / "Modelfile").read_text(), tmp_path, reports)
+    statuses = reports.statuses
+    assert statuses[:2] == ["parsing modelfile", "reading tiny.gguf"]
+    assert [s for s in statuses if "layer" in s][0].startswith("creating new layer sha256:")
     assert statuses[-1] == "success" and model.system == "be brief" and model.params == {"temperature": 0.2}
-    statuses.clear()
+    statuses = Reports()
     with pytest.raises(NotFound):
-        store.create_from_modelfile("mf2", "FROM nothing-here", tmp_path, statuses.append)
+        store.create_from_modelfile("mf2", "FROM nothing-here", tmp_path, statuses)
     assert statuses == []  # refused before the first report, so an API can still answer 404
 
 
@@ -264,12 +277,13 @@ def test_export_then_recreate(store, tiny, tiny_adapter, tmp_path):
         store.export("nope", tmp_path / "x")
 
     # show's Modelfile recreates it too, from the blobs.
-    shown = store.show("m")
+    shown = describe(store.get("m"))
     assert store.create_from_modelfile("third", shown["modelfile"], tmp_path).digest == original.digest
     assert 'stop "a b"' in shown["parameters"] and "top_k 3" in shown["parameters"]
 
 
 def test_pulled_model_exports_under_a_readable_name(pulled, tmp_path):
+    pulled.pull("smollm2")
     files = pulled.export("smollm2", tmp_path)
     assert [f.name for f in files] == ["smollm2-latest.gguf", "Modelfile"]
     assert files[0].stat().st_size == smollm2_gguf().stat().st_size

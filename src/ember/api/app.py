@@ -6,9 +6,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, HTTPException, Request
 
 from ember import __version__
-from ember.api import errors, ollama, openai
+from ember.api import errors, jobs, ollama, openai
 from ember.config import Settings
-from ember.runtime.scheduler import Scheduler
+from ember.engines.base import EngineFactory
+from ember.runtime.service import Runtime
 from ember.store.store import ModelStore
 
 log = logging.getLogger("ember.api")
@@ -66,24 +67,26 @@ class JsonBodies:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, store: ModelStore | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, store: ModelStore | None = None,
+               runtime: Runtime | None = None, factory: EngineFactory | None = None) -> FastAPI:
+    """The server app. Tests pass a `runtime` (or an engine `factory`) with fakes at the engine seam."""
     settings = settings or Settings.from_env()
-    store = store or ModelStore(settings.models)
+    runtime = runtime or Runtime(settings, store or ModelStore(settings.models), factory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        store.cleanup_partials()
-        app.state.scheduler.start()
+        runtime.store.cleanup_partials()
+        runtime.start()
         yield
-        await app.state.scheduler.close()
+        await runtime.close()
 
     app = FastAPI(title="ember", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
-    app.state.store = store
-    app.state.scheduler = Scheduler(settings, store)
+    app.state.runtime = runtime
     errors.install(app)
     app.include_router(ollama.router)
     app.include_router(openai.router)
+    app.include_router(jobs.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(JsonBodies)
     return app

@@ -1,28 +1,34 @@
-"""Pieces both dialects share: reaching the scheduler, starting a generation, serialising a stream."""
+"""Pieces both dialects share: reaching the runtime, starting a generation, serialising a stream."""
 
 import json
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from ember.core.errors import BadRequest
 from ember.core.types import Event
-from ember.runtime.scheduler import Scheduler
+from ember.runtime.service import Runtime
 from ember.store.store import ModelStore
 
 
-def scheduler(request: Request) -> Scheduler:
-    return request.app.state.scheduler
+def runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
 
 
 def store(request: Request) -> ModelStore:
-    return request.app.state.store
+    return request.app.state.runtime.store
 
 
 def iso(moment: datetime | None = None) -> str:
-    return (moment or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return (moment or datetime.now(UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def iso_time(seconds: float) -> str:
+    """A time.time() value as Ollama writes times."""
+    return iso(datetime.fromtimestamp(seconds, UTC))
 
 
 async def start(events: AsyncIterator[Event]) -> tuple[Event, AsyncIterator[Event]]:

@@ -1,4 +1,5 @@
-"""Every error leaves as JSON with a 4xx/5xx status that names the problem, in the shape each dialect's clients expect."""
+"""Every error leaves as JSON with a 4xx/5xx status that names the problem, in the shape each dialect's clients
+expect."""
 
 import logging
 

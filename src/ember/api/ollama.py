@@ -1,25 +1,26 @@
 """The Ollama dialect (/api/*): translates to and from the core request and events, nothing more."""
 
 import asyncio
-import hashlib
 import math
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ember import __version__
 from ember.api import common
+from ember.api.jobs import job_response
 from ember.core.durations import parse_keep_alive
-from ember.core.errors import BadRequest, NotFound
+from ember.core.errors import BadRequest
 from ember.core.options import parse_options
 from ember.core.types import Done, EmbedRequest, GenerateRequest, Message, Token, ToolCall
-from ember.fsutil import open_temp
-from ember.store.blobs import normalize_digest
-from ember.store.store import CreateSpec, Model
+from ember.engines.registry import capabilities
+from ember.runtime.jobs import Job
+from ember.store.blobs import BlobWriter, normalize_digest
+from ember.store.modelfile import CreateSpec
+from ember.store.store import describe, details
 
 router = APIRouter()
 
@@ -148,12 +149,12 @@ def _tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
 
 async def _load_only(request: Request, model: str, options, keep_alive, key: str, empty: Any):
     """An empty prompt loads the model (or, with keep_alive 0, unloads it), as Ollama does."""
-    sched = common.scheduler(request)
+    runtime = common.runtime(request)
     if keep_alive == 0:
-        sched.unload(model)
+        await runtime.unload(model)
         reason = "unload"
     else:
-        await sched.load(model, options, keep_alive)
+        await runtime.load(model, options, keep_alive)
         reason = "load"
     return {"model": model, "created_at": common.iso(), key: empty, "done": True, "done_reason": reason}
 
@@ -170,7 +171,7 @@ async def generate(body: GenerateBody, request: Request):
     core = GenerateRequest(model=body.model, prompt=body.prompt, system=body.system, template=body.template,
                            raw=body.raw, options=options, preset=body.preset, format=body.format or None,
                            keep_alive=keep_alive, stream=body.stream, context=body.context)
-    first, events = await common.start(common.scheduler(request).generate(core))
+    first, events = await common.start(common.runtime(request).generate(core))
 
     def chunk(event) -> dict[str, Any]:
         head = {"model": body.model, "created_at": common.iso()}
@@ -202,7 +203,7 @@ async def chat(body: ChatBody, request: Request):
     core = GenerateRequest(model=body.model, messages=[_message(m, body.model) for m in body.messages],
                            tools=body.tools or None, options=options, preset=body.preset, format=body.format or None,
                            keep_alive=keep_alive, stream=body.stream)
-    first, events = await common.start(common.scheduler(request).generate(core))
+    first, events = await common.start(common.runtime(request).generate(core))
 
     def chunk(event) -> dict[str, Any]:
         head = {"model": body.model, "created_at": common.iso()}
@@ -225,7 +226,7 @@ async def chat(body: ChatBody, request: Request):
 @router.post("/api/embed")
 async def embed(body: EmbedBody, request: Request):
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    result = await common.scheduler(request).embed(EmbedRequest(
+    result = await common.runtime(request).embed(EmbedRequest(
         model=body.model, inputs=inputs, options=parse_options(body.options),
         keep_alive=parse_keep_alive(body.keep_alive), truncate=body.truncate))
     return {"model": body.model, "embeddings": result.vectors, "total_duration": result.total_ns,
@@ -235,7 +236,7 @@ async def embed(body: EmbedBody, request: Request):
 @router.post("/api/embeddings")
 async def embeddings(body: LegacyEmbedBody, request: Request):
     """The legacy route: one prompt, vector not normalised (as Ollama's)."""
-    result = await common.scheduler(request).embed(EmbedRequest(
+    result = await common.runtime(request).embed(EmbedRequest(
         model=body.model, inputs=[body.prompt], options=parse_options(body.options),
         keep_alive=parse_keep_alive(body.keep_alive), normalize=False))
     return {"embedding": result.vectors[0]}
@@ -255,38 +256,38 @@ async def version():
     return {"version": __version__}
 
 
-def _details(model: Model) -> dict[str, Any]:
-    info = model.info
-    return {"parent_model": "", "format": "gguf", "family": info.architecture, "families": [info.architecture],
-            "parameter_size": info.parameter_size, "quantization_level": info.quantization}
-
-
 @router.api_route("/api/tags", methods=["GET", "HEAD"])
 async def tags(request: Request):
     models = await asyncio.to_thread(common.store(request).list)
     return {"models": [{"name": m.name, "model": m.name, "modified_at": common.iso(m.modified_at), "size": m.size,
-                        "digest": m.digest, "details": _details(m)} for m in models]}
+                        "digest": m.digest, "details": details(m)} for m in models]}
 
 
 @router.get("/api/ps")
 async def ps(request: Request):
     out = []
-    for loaded in common.scheduler(request).loaded():
-        m = loaded.model
-        expires = None if loaded.expires_at == math.inf else loaded.expires_at
+    for loaded in common.runtime(request).loaded():
+        m, status = loaded.model, loaded.status()
+        expires = "forever" if loaded.expires_at == math.inf else common.iso_time(loaded.expires_at)
         out.append({
-            "name": m.name, "model": m.name, "size": loaded.runner.memory_bytes, "digest": m.digest,
-            "details": _details(m), "size_vram": 0, "context_length": loaded.runner.n_ctx,
-            "expires_at": "forever" if expires is None else common.iso(datetime.fromtimestamp(expires, timezone.utc)),
-            "embedding": loaded.spec.embedding, "active_requests": loaded.active, "threads": loaded.spec.num_thread,
-            "slots": getattr(loaded.runner, "slots", 1), "slots_busy": getattr(loaded.runner, "busy_slots", 0),
+            "name": m.name, "model": m.name, "size": status.memory_bytes, "digest": m.digest,
+            "details": details(m), "size_vram": 0 if status.device == "cpu" else status.memory_bytes,
+            "context_length": status.context, "expires_at": expires,
+            # ember's own: what the engine holds and how busy it is
+            "embedding": loaded.spec.role == "embed", "active_requests": loaded.active, "threads": status.threads,
+            "slots": status.slots, "slots_busy": status.busy_slots, "device": status.device,
         })
     return {"models": out}
 
 
+def _show(store, name: str) -> dict[str, Any]:
+    model = store.get(name)
+    return {**describe(model), "capabilities": [str(c) for c in capabilities(model)]}
+
+
 @router.post("/api/show")
 async def show(body: ShowBody, request: Request):
-    return await asyncio.to_thread(common.store(request).show, body.target)
+    return await asyncio.to_thread(_show, common.store(request), body.target)
 
 
 @router.post("/api/copy")
@@ -297,75 +298,44 @@ async def copy(body: CopyBody, request: Request):
 
 @router.delete("/api/delete")
 async def delete(body: NameBody, request: Request):
-    name = body.target
-    sched = common.scheduler(request)
-    if common.store(request).exists(name):
-        sched.unload(name)
-    await asyncio.to_thread(common.store(request).delete, name)
+    name, runtime = body.target, common.runtime(request)
+    if await asyncio.to_thread(runtime.store.exists, name):
+        await runtime.unload(name)
+    await asyncio.to_thread(runtime.store.delete, name)
     return Response(status_code=200)
 
 
-async def _respond(work, stream: bool):
-    """Run `work(progress)` in a thread and stream its progress dicts as NDJSON (or answer once at the end).
-
-    The first progress item is awaited before answering, so that work refused at once gets a 4xx status.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    finished = object()
-
-    def progress(item):
-        loop.call_soon_threadsafe(queue.put_nowait, item if isinstance(item, dict) else {"status": item})
-
-    async def worker():
-        try:
-            await asyncio.to_thread(work, progress)
-        finally:
-            queue.put_nowait(finished)
-
-    task = asyncio.create_task(worker())
-
-    async def items():
-        while (item := await queue.get()) is not finished:
-            yield item
-        await task  # re-raises the work's error
-
-    it = items()
-    first = await anext(it, None)
-    if not stream:
-        last = first
-        async for last in it:
-            pass
-        return JSONResponse(last or {"status": "success"})
-
-    async def body():
-        if first is not None:
-            yield common.ndjson(first)
-        try:
-            async for item in it:
-                yield common.ndjson(item)
-        except Exception as e:  # the status line is already sent: report the error in the stream, as Ollama does
-            yield common.ndjson({"error": getattr(e, "message", str(e))})
-
-    return StreamingResponse(body(), media_type="application/x-ndjson")
+def _progress(progress) -> dict[str, Any]:
+    """A job's progress as Ollama's pull and create stream it."""
+    out: dict[str, Any] = {"status": progress.status}
+    if progress.item:
+        out["digest"] = progress.item
+    if progress.total is not None:
+        out.update(total=progress.total, completed=progress.completed or 0)
+    return out
 
 
 @router.post("/api/pull")
 async def pull(body: PullBody, request: Request):
     name, store = body.target, common.store(request)
-    return await _respond(lambda progress: store.pull(name, progress), body.stream)
+    job = Job("pull", f"pull {name}", lambda report: store.pull(name, report))
+    return await job_response(request, job, _progress, body.stream)
 
 
 @router.post("/api/create")
 async def create(body: CreateBody, request: Request):
     name, store = body.target, common.store(request)
     if body.quantize:
-        raise BadRequest("quantize is not supported by /api/create yet; create the model, then use ember's quantize")
+        raise BadRequest("quantize is not supported by /api/create yet: create the model without it; ember's "
+                         "quantization arrives with its own command")
     if body.modelfile is not None:
-        work = lambda progress: store.create_from_modelfile(name, body.modelfile, Path.cwd(), progress)  # noqa: E731
-        return await _respond(work, body.stream)
-    spec = _create_spec(body)
-    return await _respond(lambda progress: store.create(name, spec, progress), body.stream)
+        text = body.modelfile
+        job = Job("create", f"create {name}",
+                  lambda report: store.create_from_modelfile(name, text, Path.cwd(), report))
+    else:
+        spec = _create_spec(body)
+        job = Job("create", f"create {name}", lambda report: store.create(name, spec, report))
+    return await job_response(request, job, _progress, body.stream)
 
 
 def _create_spec(body: CreateBody) -> CreateSpec:
@@ -398,21 +368,13 @@ async def blob_upload(digest: str, request: Request):
     blobs = common.store(request).blobs
     if blobs.has(expected):
         return Response(status_code=200)
-    # Stream the body to a temp file on the event loop, then hash-and-move it in a thread. The file stays open (and
-    # locked) until then, so that a cleanup by another ember process leaves it alone.
-    f, tmp = open_temp(blobs.root)
+    # Hashed as it arrives and written once; stored under its digest (fsync and rename off the event loop) only if
+    # it matches.
+    blob = BlobWriter(blobs, expected)
     try:
-        with f:
-            async for chunk in request.stream():
-                f.write(chunk)
-            f.flush()
-            await asyncio.to_thread(blobs.write_chunks, _read_chunks(tmp), expected)
+        async for chunk in request.stream():
+            blob.write(chunk)
+        await asyncio.to_thread(blob.finish)
     finally:
-        tmp.unlink(missing_ok=True)
+        blob.close()
     return Response(status_code=201)
-
-
-def _read_chunks(path: Path, size: int = 1 << 20):
-    with open(path, "rb") as f:
-        while chunk := f.read(size):
-            yield chunk

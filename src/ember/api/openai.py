@@ -20,6 +20,7 @@ from ember.core.durations import parse_keep_alive
 from ember.core.errors import BadRequest
 from ember.core.options import OPTION_NAMES, parse_options
 from ember.core.types import Done, EmbedRequest, GenerateRequest, Message, Token, ToolCall
+from ember.runtime.embedding import normalize
 
 router = APIRouter(prefix="/v1")
 
@@ -165,7 +166,7 @@ async def chat_completions(body: ChatBody, request: Request):
         raise BadRequest("tool_choice must be 'auto', 'none', 'required' or {'type': 'function', 'function': {...}}")
     core = _core(body, messages=[_message(m, i) for i, m in enumerate(body.messages)],
                  format=_format(body.response_format), tools=body.tools or None, tool_choice=body.tool_choice)
-    first, events = await common.start(common.scheduler(request).generate(core))
+    first, events = await common.start(common.runtime(request).generate(core))
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model,
             "system_fingerprint": "fp_ember"}
 
@@ -209,7 +210,7 @@ async def completions(body: CompletionBody, request: Request):
     if body.suffix:
         raise BadRequest("suffix (fill-in-the-middle) is not supported yet")
     core = _core(body, prompt=prompts[0], raw=True)
-    first, events = await common.start(common.scheduler(request).generate(core))
+    first, events = await common.start(common.runtime(request).generate(core))
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
             "model": body.model, "system_fingerprint": "fp_ember"}
     echo = prompts[0] if body.echo else ""
@@ -237,13 +238,13 @@ async def completions(body: CompletionBody, request: Request):
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingsBody, request: Request):
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    result = await common.scheduler(request).embed(EmbedRequest(
+    result = await common.runtime(request).embed(EmbedRequest(
         model=body.model, inputs=inputs, keep_alive=parse_keep_alive(body.keep_alive)))
     vectors = result.vectors
     if body.dimensions:
         if body.dimensions > len(vectors[0] if vectors else []):
             raise BadRequest(f"dimensions {body.dimensions} is more than the model gives ({len(vectors[0])})")
-        vectors = [common_truncate(v, body.dimensions) for v in vectors]
+        vectors = [normalize(v[: body.dimensions]) for v in vectors]  # Matryoshka-style, as OpenAI's `dimensions`
 
     def encode(v: list[float]):
         if body.encoding_format == "base64":
@@ -253,13 +254,6 @@ async def embeddings(body: EmbeddingsBody, request: Request):
     return {"object": "list", "model": body.model,
             "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}}
-
-
-def common_truncate(vector: list[float], dims: int) -> list[float]:
-    """Shorten and re-normalise (Matryoshka-style), as OpenAI's `dimensions` does."""
-    cut = vector[:dims]
-    norm = sum(x * x for x in cut) ** 0.5 or 1.0
-    return [x / norm for x in cut]
 
 
 def _model_entry(name: str, modified) -> dict[str, Any]:

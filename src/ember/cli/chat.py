@@ -4,6 +4,7 @@ import readline  # noqa: F401  (line editing and history for input())
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from ember.cli.client import HttpClient, LocalClient, server_running
 from ember.config import Settings
@@ -42,7 +43,8 @@ def _answer(client, model, messages, options, preset, keep_alive, verbose) -> st
                   "tokens) did not fit the context window and were left out[/yellow]")
     if verbose and stats.get("eval_duration"):
         rate = stats["eval_count"] / (stats["eval_duration"] / 1e9)
-        err.print(f"prompt {stats['prompt_eval_count']} tokens, answer {stats['eval_count']} tokens at {rate:.1f} tok/s")
+        err.print(f"prompt {stats['prompt_eval_count']} tokens, answer {stats['eval_count']} tokens "
+                  f"at {rate:.1f} tok/s")
     return "".join(pieces)
 
 
@@ -101,7 +103,8 @@ def run(settings: Settings, model: str, prompt: str | None, *, preset=None, keep
                         _set_parameter(options, words[2:])
                     elif words[:2] == ["/set", "system"]:
                         messages = [m for m in messages if m["role"] != "system"]
-                        messages.insert(0, {"role": "system", "content": text.split(None, 2)[2] if len(words) > 2 else ""})
+                        system = text.split(None, 2)[2] if len(words) > 2 else ""
+                        messages.insert(0, {"role": "system", "content": system})
                     elif words[:2] == ["/set", "preset"] and len(words) == 3:
                         from ember.core.options import preset as check_preset
                         check_preset(words[2])
@@ -111,7 +114,7 @@ def run(settings: Settings, model: str, prompt: str | None, *, preset=None, keep
                     else:
                         err.print(f"unknown command {words[0]!r}; /? lists them")
                 except EmberError as e:
-                    err.print(f"[red]{e.message}[/red]", highlight=False)
+                    err.print(f"[red]{escape(e.message)}[/red]", highlight=False)
                 continue
             messages.append({"role": "user", "content": text})
             try:

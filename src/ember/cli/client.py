@@ -5,7 +5,8 @@ Both clients yield the same things for a chat: text pieces, then one final dict 
 
 import asyncio
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 
@@ -68,17 +69,17 @@ class LocalClient:
     """Runs the scheduler in this process, on an event loop of its own that lives as long as the client."""
 
     def __init__(self, settings: Settings):
-        from ember.runtime.scheduler import Scheduler
+        from ember.runtime.service import Runtime
         from ember.store.store import ModelStore
 
         self.loop = asyncio.new_event_loop()
-        self.scheduler = Scheduler(settings, ModelStore(settings.models))
+        self.runtime = Runtime(settings, ModelStore(settings.models))
 
     def chat(self, model: str, messages: list[dict], options: dict, preset: str | None = None,
              keep_alive: str | None = None) -> Iterator[str | dict]:
         request = GenerateRequest(model=model, messages=[Message(m["role"], m["content"]) for m in messages],
                                   options=parse_options(options), preset=preset)
-        events = self.scheduler.generate(request)
+        events = self.runtime.generate(request)
         try:
             while True:
                 event = self.loop.run_until_complete(anext(events))
@@ -95,5 +96,5 @@ class LocalClient:
             self.loop.run_until_complete(events.aclose())
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.scheduler.close())
+        self.loop.run_until_complete(self.runtime.close())
         self.loop.close()

@@ -6,13 +6,17 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ember import __version__
 from ember.cli import chat as chat_cli
+from ember.cli import train as train_cli
 from ember.cli.client import HttpClient, server_running
+from ember.cli.progress import run_job
 from ember.config import Settings
 from ember.core.errors import EmberError
+from ember.runtime.jobs import Job
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run, serve and manage local language models.")
 out = Console()
@@ -116,7 +120,11 @@ def show(
     license: bool = typer.Option(False, "--license", help="only the license"),
 ):
     """Show a model's details, parameters, template, system prompt and license."""
-    info = _store().show(model)
+    from ember.engines.registry import capabilities
+    from ember.store.store import describe
+
+    stored = _store().get(model)
+    info = {**describe(stored), "capabilities": capabilities(stored)}
     for flag, key in ((modelfile, "modelfile"), (parameters, "parameters"), (template, "template"),
                       (system, "system"), (license, "license")):
         if flag:
@@ -145,26 +153,8 @@ def show(
 @app.command()
 def pull(model: str, quiet: bool = typer.Option(False, "--quiet", help="no progress bar")):
     """Install a model from the catalog of bundled models (nothing is downloaded)."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
     store = _store()
-    if quiet:
-        store.pull(model)
-        return
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=err) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(item: dict):
-            if item.get("total"):
-                key = item.get("digest") or item["status"]
-                if key not in tasks:
-                    tasks[key] = bar.add_task(item["status"], total=item["total"])
-                bar.update(tasks[key], completed=item.get("completed", 0))
-            else:
-                bar.console.print(item.get("status", ""))
-
-        store.pull(model, progress)
+    run_job(Job("pull", f"pull {model}", lambda report: store.pull(model, report)), err, quiet)
 
 
 @app.command()
@@ -172,8 +162,9 @@ def create(model: str, file: Path = typer.Option(Path("Modelfile"), "-f", "--fil
     """Create a model from a Modelfile."""
     if not file.is_file():
         raise EmberError(f"no Modelfile at {file}; pass one with -f PATH")
-    _store().create_from_modelfile(model, file.read_text(encoding="utf-8"), file.resolve().parent,
-                                   lambda status: err.print(status if isinstance(status, str) else status["status"]))
+    store, text, folder = _store(), file.read_text(encoding="utf-8"), file.resolve().parent
+    run_job(Job("create", f"create {model}", lambda report: store.create_from_modelfile(model, text, folder, report)),
+            err)
 
 
 @app.command()
@@ -206,59 +197,21 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("serve")
 def bench_serve(
     quick: bool = typer.Option(False, "--quick", help="only W1 and W2"),
-    out: Path = typer.Option(Path("bench/results"), "--out", help="where the JSON and PNG go"),
+    out: Path = typer.Option(Path("bench/results"), "--out", help="where the JSON, the PNG and the servers' logs go"),
+    threads: int | None = typer.Option(None, "--threads", help="threads for every peer (default: one per core)"),
+    rounds: int = typer.Option(5, "--rounds", min=1, help="rounds of W1 and W2 (figures: min / median / max)"),
+    llama_server: Path | None = typer.Option(
+        None, "--llama-server", help="a llama-server binary (default: built once from the pinned llama.cpp, cached)"),
 ):
-    """Concurrent serving: ember vs llama-cpp-python's server and llama.cpp in-process (W1–W4)."""
-    from ember.bench.serve import main as bench_main
+    """Concurrent serving: ember vs llama.cpp's llama-server, llama-cpp-python's server and llama.cpp in-process."""
+    from ember.bench.serve import ServeBench, run
 
-    bench_main(["--out", str(out)] + (["--quick"] if quick else []))
-
-
-@app.command(no_args_is_help=True)
-def train(
-    data: list[Path] = typer.Option([], "--data", help="text files or folders (.txt, .md, .jsonl); repeat for more"),
-    name: Optional[str] = typer.Option(None, "--name", help="the model's name in the store when training ends"),
-    out: Optional[Path] = typer.Option(None, "--out", help="checkpoint folder (default: $EMBER_HOME/train/NAME)"),
-    size: str = typer.Option("tiny", "--size", help="tiny (~1 M), small (~10 M) or base (~50 M parameters)"),
-    layers: Optional[int] = typer.Option(None, "--layers"),
-    dim: Optional[int] = typer.Option(None, "--dim"),
-    heads: Optional[int] = typer.Option(None, "--heads"),
-    kv_heads: Optional[int] = typer.Option(None, "--kv-heads"),
-    ctx: Optional[int] = typer.Option(None, "--ctx", help="context length in tokens"),
-    time: Optional[str] = typer.Option(None, "--time", help="time budget, e.g. 10m"),
-    steps: int = typer.Option(0, "--steps", help="optimizer steps (a fixed seed then gives the same run)"),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="micro-batches per step"),
-    lr: float = typer.Option(0.0, "--lr", help="peak learning rate (default: by size)"),
-    seed: int = typer.Option(1337, "--seed"),
-    device: str = typer.Option("auto", "--device", help="cpu or cuda (default: cuda when present)"),
-    tokenizer: str = typer.Option("bpe", "--tokenizer", help="bpe (learned from the data) or char"),
-    vocab: Optional[int] = typer.Option(None, "--vocab", help="BPE vocabulary size (default: from the data size)"),
-    chat: bool = typer.Option(False, "--chat", help="train on .jsonl chats ({\"messages\": [...]}) in ChatML"),
-    resume: bool = typer.Option(False, "--resume", help="continue the run in the checkpoint folder"),
-    fmt: str = typer.Option("f16", "--format", help="GGUF for the store: f32, f16, q8_0, q4_k_m, …"),
-    eval_every: int = typer.Option(0, "--eval-every", help="steps between evals (default: ten per run)"),
-):
-    """Train a small Llama-style model from scratch on your text; it ends up in the store as NAME."""
-    from ember.cli import train as train_cli
-
-    train_cli.train(data, name, out, size, layers, dim, heads, kv_heads, ctx, time, steps, batch_size, grad_accum,
-                    lr, seed, device, tokenizer, vocab, chat, resume, fmt, eval_every)
+    run(ServeBench(quick=quick, out=out, threads=threads, rounds=rounds, llama_server=llama_server))
 
 
-@app.command(no_args_is_help=True)
-def sample(
-    checkpoint: str = typer.Argument(..., help="a checkpoint folder, or the --name of a training run"),
-    prompt: str = typer.Argument("", help="text to continue"),
-    tokens: int = typer.Option(200, "--tokens", help="how many tokens to add"),
-    temperature: float = typer.Option(0.8, "--temperature"),
-    top_k: int = typer.Option(200, "--top-k"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-):
-    """Continue PROMPT with a training checkpoint, before (or without) exporting it."""
-    from ember.cli import train as train_cli
-
-    train_cli.sample(checkpoint, prompt, tokens, temperature, top_k, seed)
+# Defined beside the code they drive, with their options mapped straight onto the training config.
+app.command(no_args_is_help=True)(train_cli.train)
+app.command(no_args_is_help=True)(train_cli.sample)
 
 
 @app.command()
@@ -271,7 +224,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except EmberError as e:
-        err.print(f"[red]Error:[/red] {e.message}", highlight=False)
+        # One line whatever the width, and a message may hold [brackets] that are not markup.
+        err.print(f"[red]Error:[/red] {escape(e.message)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")

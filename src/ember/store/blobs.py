@@ -3,11 +3,12 @@
 import hashlib
 import re
 import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from ember.core.errors import BadRequest, NotFound
-from ember.fsutil import atomic_file, commit, make_dirs, open_temp, remove_partials
+from ember.fsutil import atomic_file, commit, make_dirs, open_temp
 
 _DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 CHUNK = 4 << 20  # also how often import_file reports progress
@@ -51,36 +52,28 @@ class BlobStore:
     def size(self, digest: str) -> int:
         return self.require(digest).stat().st_size
 
+    @contextmanager
+    def writer(self, expected: str | None = None) -> Iterator["BlobWriter"]:
+        """A blob written in pieces; stored when the block ends, under its digest (which must equal `expected` when
+        given). An error or a cancel inside the block keeps nothing."""
+        writer = BlobWriter(self, normalize_digest(expected) if expected else None)
+        try:
+            yield writer
+            writer.finish()
+        finally:
+            writer.close()
+
     def write_chunks(self, chunks: Iterable[bytes], expected: str | None = None,
                      progress: Callable[[int], None] | None = None) -> str:
         """Store bytes under their digest; with `expected`, refuse (and keep nothing) if they do not match."""
-        if expected:
-            expected = normalize_digest(expected)
-            if self.has(expected):
-                return expected
-        hasher, done = hashlib.sha256(), 0
-        # The final name is known only once every byte is hashed, hence the temp file by hand.
-        f, tmp = open_temp(self.root)
-        try:
-            with f:
-                for chunk in chunks:
-                    hasher.update(chunk)
-                    f.write(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(done)
-                digest = f"sha256:{hasher.hexdigest()}"
-                if expected and digest != expected:
-                    raise DigestMismatch(f"digest mismatch: the data's digest is {digest}, not {expected}; "
-                                     "the upload was damaged or the digest is wrong")
-                if not self.has(digest):  # an existing blob has the same bytes; no need to replace it
-                    commit(f, tmp, self.path(digest))
-        finally:
-            tmp.unlink(missing_ok=True)
-        return digest
-
-    def write_bytes(self, data: bytes) -> str:
-        return self.write_chunks([data])
+        if expected and self.has(expected):
+            return normalize_digest(expected)
+        with self.writer(expected) as w:
+            for chunk in chunks:
+                w.write(chunk)
+                if progress:
+                    progress(w.size)
+        return w.digest
 
     def file_digest(self, source: Path) -> str:
         try:
@@ -117,9 +110,35 @@ class BlobStore:
     def all_digests(self) -> set[str]:
         return {f"sha256:{p.name[7:]}" for p in self.root.iterdir() if _DIGEST.fullmatch(p.name)}
 
-    def cleanup_partials(self) -> int:
-        return remove_partials(self.root)
-
     def copy_out(self, digest: str, dest: Path) -> None:
         with atomic_file(dest) as f, open(self.require(digest), "rb") as src:
             shutil.copyfileobj(src, f, CHUNK)
+
+
+class BlobWriter:
+    """Bytes hashed as they are written to a locked temp file (so another process's cleanup leaves it alone); the
+    final name is known only once every byte is hashed."""
+
+    def __init__(self, blobs: BlobStore, expected: str | None):
+        self.blobs, self.expected = blobs, expected
+        self.f, self.tmp = open_temp(blobs.root)
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self.digest = ""
+
+    def write(self, chunk: bytes) -> None:
+        self.hasher.update(chunk)
+        self.f.write(chunk)
+        self.size += len(chunk)
+
+    def finish(self) -> None:
+        self.digest = f"sha256:{self.hasher.hexdigest()}"
+        if self.expected and self.digest != self.expected:
+            raise DigestMismatch(f"digest mismatch: the data's digest is {self.digest}, not {self.expected}; "
+                                 "the upload was damaged or the digest is wrong")
+        if not self.blobs.has(self.digest):  # an existing blob has the same bytes; no need to replace it
+            commit(self.f, self.tmp, self.blobs.path(self.digest))
+
+    def close(self) -> None:
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)

@@ -26,10 +26,6 @@ CATALOG = (
 )
 
 
-def catalog() -> list[Bundled]:
-    return list(CATALOG)
-
-
 def catalog_names() -> list[str]:
     return [f"{b.model}:{tag}" for b in CATALOG for tag in b.tags]
 
@@ -53,8 +49,3 @@ def locate(entry: Bundled) -> Path:
     raise NotFound(f"{entry.distribution} is installed but its {entry.filename} is missing; "
                    f"reinstall it: {install} --force-reinstall")
 
-
-def bundled_gguf(name: ModelName) -> Path | None:
-    """The GGUF for a catalog name, or None when the name is not in the catalog."""
-    entry = find(name)
-    return locate(entry) if entry else None

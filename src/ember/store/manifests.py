@@ -1,11 +1,13 @@
 """Manifests: `manifests/<model>/<tag>`, JSON in the OCI shape Ollama uses, naming the blobs a model is made of."""
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ember.core.errors import BadRequest
 from ember.fsutil import TMP_PREFIX, atomic_write_bytes, fsync_dir, make_dirs
@@ -103,10 +105,8 @@ class Manifests:
         path = self.path(name)
         path.unlink()
         fsync_dir(path.parent)
-        try:
+        with contextlib.suppress(OSError):
             path.parent.rmdir()  # only succeeds when no other tag is left
-        except OSError:
-            pass
 
     def names(self) -> Iterator[tuple[ModelName, Path]]:
         for path in self.root.glob("*/*"):

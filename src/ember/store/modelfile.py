@@ -1,19 +1,25 @@
-"""The Modelfile: Ollama's recipe format (FROM, PARAMETER, TEMPLATE, SYSTEM, ADAPTER, LICENSE, MESSAGE).
+"""The Modelfile: Ollama's recipe format (FROM, PARAMETER, TEMPLATE, SYSTEM, ADAPTER, LICENSE, MESSAGE), read and
+written here together.
 
 One instruction per line; keywords in any case; `#` starts a comment line. A value is bare (to the end of the line),
 "quoted" (on one line) or \"\"\"triple-quoted\"\"\" (may span lines, kept exactly as written). Every error names the
 line it was found on.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ember.core.errors import BadRequest
 from ember.core.options import OPTION_NAMES, PRESETS, parse_options
 from ember.core.templates import compile_template
+from ember.core.types import Message
 from ember.store.blobs import normalize_digest
 from ember.store.names import parse_name
+
+if TYPE_CHECKING:
+    from ember.store.store import Model
 
 INSTRUCTIONS = ("FROM", "PARAMETER", "TEMPLATE", "SYSTEM", "ADAPTER", "LICENSE", "MESSAGE")
 ROLES = ("system", "user", "assistant")
@@ -28,14 +34,18 @@ class ModelfileError(BadRequest):
 
 
 @dataclass
-class ModelfileSpec:
+class CreateSpec:
+    """What a new model is made of, from a Modelfile or from /api/create's fields. `from_` is a stored model's name,
+    an absolute GGUF path or a blob digest; None (or empty) fields are inherited when it is a stored model, and
+    parameters merge over the parent's."""
+
     from_: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
     template: str | None = None
     system: str | None = None
     license: str | None = None
-    adapters: list[str] = field(default_factory=list)
-    messages: list[tuple[str, str]] = field(default_factory=list)
+    adapters: list[str] = field(default_factory=list)  # absolute GGUF paths or blob digests
+    messages: list[Message] = field(default_factory=list)
 
 
 @dataclass
@@ -149,8 +159,8 @@ def _parameter(parameters: dict[str, Any], key: str, raw: str, line: int) -> Non
     parameters[key] = getattr(parsed, key)
 
 
-def parse_modelfile(text: str, base_dir: Path) -> ModelfileSpec:
-    spec = ModelfileSpec()
+def parse_modelfile(text: str, base_dir: Path) -> CreateSpec:
+    spec = CreateSpec()
     from_line = 0
     licenses: list[str] = []
     for ins in _instructions(text):
@@ -178,7 +188,7 @@ def parse_modelfile(text: str, base_dir: Path) -> ModelfileSpec:
             role = ins.name.lower()
             if role not in ROLES:
                 raise ModelfileError(ins.line, f"MESSAGE role {ins.name!r} must be one of {', '.join(ROLES)}")
-            spec.messages.append((role, ins.value))
+            spec.messages.append(Message(role, ins.value))
     if not from_line:
         raise ModelfileError(1, "no FROM instruction: a Modelfile must say which model it builds on, "
                                 "like: FROM smollm2 (or FROM ./model.gguf)")
@@ -189,3 +199,30 @@ def parse_modelfile(text: str, base_dir: Path) -> ModelfileSpec:
     except BadRequest as e:
         raise ModelfileError(from_line, e.message) from None
     return spec
+
+
+def _quote(text: str) -> str:
+    """A value that parses back to exactly `text`."""
+    if text and '"' not in text and not any(c.isspace() for c in text):
+        return text
+    if '"' not in text and "\n" not in text and "\r" not in text:
+        return f'"{text}"'
+    return f'"""{text}"""'
+
+
+def render_modelfile(model: "Model", from_line: str | None = None, adapter_lines: list[str] | None = None) -> str:
+    """A Modelfile that recreates `model` (by default from its blobs' absolute paths)."""
+    lines = [f"# Modelfile for {model.name}, written by ember",
+             f"# To build on this model instead, replace the FROM line with: FROM {model.name}",
+             f"FROM {from_line or model.model_path}"]
+    lines += [f"ADAPTER {a}" for a in (adapter_lines if adapter_lines is not None else model.adapter_paths)]
+    for keyword, text in (("TEMPLATE", model.template), ("SYSTEM", model.system)):
+        if text is not None:
+            lines.append(f'{keyword} """{text}"""')
+    for key, value in model.params.items():
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"PARAMETER {key} {_quote(item) if isinstance(item, str) else item}")
+    lines += [f'MESSAGE {m.role} """{m.content}"""' for m in model.messages]
+    if model.license:
+        lines.append(f'LICENSE """{model.license}"""')
+    return "\n".join(lines) + "\n"

@@ -11,44 +11,40 @@ import fcntl
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Protocol
 
 from ember.core.errors import BadRequest, EmberError, NotFound, model_not_found
 from ember.core.options import PRESETS, parse_options
-from ember.core.templates import compile_template, supports_tools
+from ember.core.templates import compile_template
 from ember.core.types import Message
 from ember.fsutil import atomic_write_bytes, make_dirs, remove_partials
 from ember.store import bundled, manifests
 from ember.store.blobs import BlobStore, DigestMismatch, file_chunks, normalize_digest
 from ember.store.gguf_info import GGUFInfo, read_gguf_info
 from ember.store.manifests import Manifest, Manifests, layer_kind, layer_type, to_json
-from ember.store.modelfile import ROLES, parse_modelfile
+from ember.store.modelfile import ROLES, CreateSpec, parse_modelfile, render_modelfile
 from ember.store.names import ModelName, parse_name
 
 log = logging.getLogger("ember.store")
 
 TEXT_LAYERS = ("template", "system", "license")
 
-Progress = Callable[[Any], None]
+
+class Report(Protocol):
+    """How long work says how far it is (a job's `Reporter`); it may raise to stop the work (a cancel)."""
+
+    def __call__(self, status: str, *, completed: int | None = None, total: int | None = None,
+                 item: str | None = None) -> None: ...
 
 
-@dataclass
-class CreateSpec:
-    """What a new model is made of. `from_` is a stored model's name, an absolute GGUF path or a blob digest;
-    None (or empty) fields are inherited when it is a stored model, and parameters merge over the parent's."""
-
-    from_: str
-    parameters: dict[str, Any] = field(default_factory=dict)
-    template: str | None = None
-    system: str | None = None
-    license: str | None = None
-    adapters: list[str] = field(default_factory=list)  # absolute GGUF paths or blob digests
-    messages: list[Message] = field(default_factory=list)
+def _silent(status: str, **_: Any) -> None:
+    pass
 
 
 @dataclass
@@ -71,23 +67,31 @@ class Model:
         return read_gguf_info(self.model_path)
 
 
-def _notify(progress: Progress | None, item: Any) -> None:
-    if progress:
-        progress(item)
+def details(model: Model) -> dict[str, Any]:
+    """The short description Ollama's /api/tags, /api/ps and /api/show carry."""
+    info = model.info
+    return {"parent_model": "", "format": "gguf", "family": info.architecture, "families": [info.architecture],
+            "parameter_size": info.parameter_size, "quantization_level": info.quantization}
+
+
+def describe(model: Model) -> dict[str, Any]:
+    """Everything `ember show` and /api/show tell about a model, in /api/show's shape (capabilities aside: they
+    depend on the engines, see `ember.engines.registry`)."""
+    info = model.info
+    parameters = "\n".join(f"{k} {json.dumps(v) if isinstance(v, str) else v}" for k, vs in model.params.items()
+                           for v in (vs if isinstance(vs, list) else [vs]))
+    return {
+        "modelfile": render_modelfile(model), "parameters": parameters,
+        "template": model.template or info.chat_template or "", "system": model.system or "",
+        "license": model.license or "", "details": details(model),
+        "model_info": {**info.model_info, "general.parameter_count": info.parameter_count},
+        "modified_at": model.modified_at.isoformat().replace("+00:00", "Z"),
+    }
 
 
 def _damaged(name: ModelName, why: str) -> EmberError:
     return EmberError(f"model '{name}' is damaged ({why}); remove it with: ember rm {name}, "
                       "then pull or create it again")
-
-
-def _quote(text: str) -> str:
-    """A Modelfile value that parses back to exactly `text`."""
-    if text and '"' not in text and not any(c.isspace() for c in text):
-        return text
-    if '"' not in text and "\n" not in text and "\r" not in text:
-        return f'"{text}"'
-    return f'"""{text}"""'
 
 
 class ModelStore:
@@ -142,7 +146,7 @@ class ModelStore:
             adapter_paths=[blob(a) for a in by_kind.get("adapter", [])],
             params=params, template=texts["template"], system=texts["system"], license=texts["license"],
             messages=messages, size=sum(layer["size"] for layer in manifest.layers),
-            modified_at=datetime.fromtimestamp(manifest.mtime, timezone.utc),
+            modified_at=datetime.fromtimestamp(manifest.mtime, UTC),
             layers=manifest.layers,
         )
 
@@ -197,23 +201,27 @@ class ModelStore:
         }), None)
         self._set_manifest(name, manifests.build(config, layers))
 
-    def _layer(self, data: bytes, kind: str | None, progress: Progress | None = None) -> dict[str, Any]:
+    def _layer(self, data: bytes, kind: str | None, report: Report = _silent) -> dict[str, Any]:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        _notify(progress, f"{'using existing' if self.blobs.has(digest) else 'creating new'} layer {digest}")
+        report(f"{'using existing' if self.blobs.has(digest) else 'creating new'} layer {digest}")
         self.blobs.write_chunks([data], digest)
         return {"mediaType": layer_type(kind) if kind else manifests.CONFIG_TYPE, "digest": digest,
                 "size": len(data)}
 
-    def _file_layer(self, source: str, kind: str, progress: Progress | None) -> dict[str, Any]:
+    def _file_layer(self, source: str, kind: str, report: Report) -> dict[str, Any]:
         """A GGUF given as a blob digest or an absolute path, imported (and hashed) if it is not a blob yet."""
         if source.startswith("sha256"):
             digest, existed = normalize_digest(source), True
         else:
-            digest = self.blobs.file_digest(Path(source))
+            path = Path(source)
+            report(f"reading {path.name}")
+            digest = self.blobs.file_digest(path)
             existed = self.blobs.has(digest)
             if not existed:
-                self.blobs.import_file(Path(source), digest=digest)
-        _notify(progress, f"{'using existing' if existed else 'creating new'} layer {digest}")
+                status = f"copying {path.name}"
+                self.blobs.import_file(path, digest=digest, progress=lambda done, total: report(
+                    status, completed=done, total=total, item=digest))
+        report(f"{'using existing' if existed else 'creating new'} layer {digest}")
         return {"mediaType": layer_type(kind), "digest": digest, "size": self.blobs.size(digest)}
 
     def _check_gguf(self, source: str, adapter: bool) -> None:
@@ -241,7 +249,7 @@ class ModelStore:
             return None
         return self.get(source)
 
-    def create(self, raw_name: str, spec: CreateSpec, progress: Progress | None = None) -> Model:
+    def create(self, raw_name: str, spec: CreateSpec, report: Report = _silent) -> Model:
         """Everything is checked before the first progress report, so that an API caller can still answer 4xx."""
         name = parse_name(raw_name)
         if not isinstance(spec.from_, str) or not spec.from_.strip():
@@ -265,52 +273,48 @@ class ModelStore:
         with self._writing():
             if parent:
                 layers = [layer for layer in parent.layers if layer_kind(layer) == "model"]
-                _notify(progress, f"using existing layer {layers[0]['digest']}")
+                report(f"using existing layer {layers[0]['digest']}")
             else:
-                layers = [self._file_layer(spec.from_.strip(), "model", progress)]
+                layers = [self._file_layer(spec.from_.strip(), "model", report)]
             if spec.adapters:
-                layers += [self._file_layer(a, "adapter", progress) for a in spec.adapters]
+                layers += [self._file_layer(a, "adapter", report) for a in spec.adapters]
             elif parent:
                 for layer in parent.layers:
                     if layer_kind(layer) == "adapter":
                         layers.append(layer)
-                        _notify(progress, f"using existing layer {layer['digest']}")
+                        report(f"using existing layer {layer['digest']}")
             texts = {"template": spec.template or (parent.template if parent else None),
                      "system": spec.system if spec.system is not None else (parent.system if parent else None),
                      "license": spec.license or (parent.license if parent else None)}
             for kind in TEXT_LAYERS:
                 if texts[kind]:
-                    layers.append(self._layer(texts[kind].encode("utf-8"), kind, progress))
+                    layers.append(self._layer(texts[kind].encode("utf-8"), kind, report))
             messages = spec.messages or (parent.messages if parent else [])
             if messages:
                 layers.append(self._layer(to_json([{"role": m.role, "content": m.content} for m in messages]),
-                                          "messages", progress))
+                                          "messages", report))
             if params:
-                layers.append(self._layer(to_json(params), "params", progress))
+                layers.append(self._layer(to_json(params), "params", report))
             info = read_gguf_info(self.blobs.path(layers[0]["digest"]))
-            _notify(progress, "writing manifest")
+            report("writing manifest")
             self._write_manifest(name, layers, info)
-        _notify(progress, "success")
+        report("success")
         return self.get(str(name))
 
-    def create_from_modelfile(self, raw_name: str, text: str, base_dir: Path,
-                              progress: Progress | None = None) -> Model:
+    def create_from_modelfile(self, raw_name: str, text: str, base_dir: Path, report: Report = _silent) -> Model:
         parse_name(raw_name)
-        parsed = parse_modelfile(text, base_dir)
-        spec = CreateSpec(from_=parsed.from_, parameters=parsed.parameters, template=parsed.template,
-                          system=parsed.system, license=parsed.license, adapters=parsed.adapters,
-                          messages=[Message(role, content) for role, content in parsed.messages])
+        spec = parse_modelfile(text, base_dir)
         started = False
 
-        def report(item: Any) -> None:
+        def reporting(status: str, **progress: Any) -> None:
             # Held back until create has checked everything, so that a refusal is still a plain error.
             nonlocal started
             if not started:
                 started = True
-                _notify(progress, "parsing modelfile")
-            _notify(progress, item)
+                report("parsing modelfile")
+            report(status, **progress)
 
-        return self.create(raw_name, spec, report)
+        return self.create(raw_name, spec, reporting)
 
     def copy(self, source: str, destination: str) -> None:
         src, dst = parse_name(source), parse_name(destination)
@@ -348,14 +352,14 @@ class ModelStore:
 
     # -- bundled models --------------------------------------------------------------------------------------------
 
-    def pull(self, raw: str, progress: Progress | None = None) -> Model:
+    def pull(self, raw: str, report: Report = _silent) -> Model:
         name = parse_name(raw)
         entry = bundled.find(name)
         if entry is None:
             raise NotFound(f"model '{raw}' is not in ember's catalog of bundled models (nothing is downloaded); "
                            f"available: {', '.join(bundled.catalog_names())}. Make your own with: ember create")
         source = bundled.locate(entry)
-        _notify(progress, {"status": "pulling manifest"})
+        report("pulling manifest")
         try:
             total = source.stat().st_size
             with open(source, "rb") as f:
@@ -366,59 +370,22 @@ class ModelStore:
         with self._writing():
             if not self.blobs.has(digest):
                 try:
-                    self.blobs.write_chunks(file_chunks(source), digest, lambda done: _notify(progress, {
-                        "status": status, "digest": digest, "total": total, "completed": done}))
+                    self.blobs.write_chunks(file_chunks(source), digest, lambda done: report(
+                        status, completed=done, total=total, item=digest))
                 except DigestMismatch:
                     raise EmberError(f"{source} changed while it was being copied; pull again") from None
-            _notify(progress, {"status": status, "digest": digest, "total": total, "completed": total})
-            _notify(progress, {"status": "verifying sha256 digest"})
+            report(status, completed=total, total=total, item=digest)
+            report("verifying sha256 digest")
             info = read_gguf_info(self.blobs.path(digest))
             layers = [{"mediaType": layer_type("model"), "digest": digest, "size": total},
                       self._layer(entry.license.encode("utf-8"), "license")]
-            _notify(progress, {"status": "writing manifest"})
+            report("writing manifest")
             self._write_manifest(name, layers, info)
-        _notify(progress, {"status": "success"})
+        report("success")
         return self.get(str(name))
 
     # -- showing and exporting -------------------------------------------------------------------------------------
 
-    def modelfile(self, model: Model, from_line: str | None = None, adapter_lines: list[str] | None = None) -> str:
-        """A Modelfile that recreates `model` (by default from its blobs' absolute paths)."""
-        lines = [f"# Modelfile for {model.name}, written by ember",
-                 f"# To build on this model instead, replace the FROM line with: FROM {model.name}",
-                 f"FROM {from_line or model.model_path}"]
-        lines += [f"ADAPTER {a}" for a in (adapter_lines if adapter_lines is not None else model.adapter_paths)]
-        for kind, text in (("TEMPLATE", model.template), ("SYSTEM", model.system)):
-            if text is not None:
-                lines.append(f'{kind} """{text}"""')
-        for key, value in model.params.items():
-            for item in value if isinstance(value, list) else [value]:
-                lines.append(f"PARAMETER {key} {_quote(item) if isinstance(item, str) else item}")
-        lines += [f'MESSAGE {m.role} """{m.content}"""' for m in model.messages]
-        if model.license:
-            lines.append(f'LICENSE """{model.license}"""')
-        return "\n".join(lines) + "\n"
-
-    def show(self, raw: str) -> dict[str, Any]:
-        model = self.get(raw)
-        info = model.info
-        template = model.template or info.chat_template or ""
-        parameters = "\n".join(f"{k} {json.dumps(v) if isinstance(v, str) else v}" for k, vs in model.params.items()
-                               for v in (vs if isinstance(vs, list) else [vs]))
-        if f"{info.architecture}.pooling_type" in info.model_info:  # an embedding model (BERT and kin)
-            capabilities = ["embedding"]
-        else:
-            capabilities = ["completion"] + (["tools"] if supports_tools(template) else [])
-        return {
-            "modelfile": self.modelfile(model), "parameters": parameters, "template": template,
-            "system": model.system or "", "license": model.license or "",
-            "details": {"parent_model": "", "format": "gguf", "family": info.architecture,
-                        "families": [info.architecture], "parameter_size": info.parameter_size,
-                        "quantization_level": info.quantization},
-            "model_info": {**info.model_info, "general.parameter_count": info.parameter_count},
-            "capabilities": capabilities,
-            "modified_at": model.modified_at.isoformat().replace("+00:00", "Z"),
-        }
 
     def export(self, raw: str, dest: Path) -> list[Path]:
         """Write the GGUF, adapters and a Modelfile under readable names; never overwrites."""
@@ -437,8 +404,8 @@ class ModelStore:
             files = [layer for kind in ("model", "adapter") for layer in model.layers if layer_kind(layer) == kind]
             for layer, target in zip(files, targets):
                 self.blobs.copy_out(layer["digest"], target)
-            text = self.modelfile(model, from_line=f"./{targets[0].name}",
-                                  adapter_lines=[f"./{t.name}" for t in targets[1:]])
+            text = render_modelfile(model, from_line=f"./{targets[0].name}",
+                                    adapter_lines=[f"./{t.name}" for t in targets[1:]])
             atomic_write_bytes(modelfile, text.encode("utf-8"))
         except (NotADirectoryError, FileExistsError, PermissionError) as e:
             raise BadRequest(f"cannot export into {dest}: {e.strerror}") from None
