@@ -9,9 +9,10 @@ lock when the writer dies.
 import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 TMP_PREFIX = ".tmp-"
 
