@@ -1,8 +1,8 @@
 """The `ember` command: a thin layer over the store, the scheduler and the server."""
 
 import sys
+from datetime import UTC
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -41,9 +41,9 @@ def _human(n: float) -> str:
 
 
 def _ago(moment) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    seconds = (datetime.now(timezone.utc) - moment).total_seconds()
+    seconds = (datetime.now(UTC) - moment).total_seconds()
     for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
         if seconds >= size:
             n = int(seconds // size)
@@ -62,9 +62,9 @@ def serve():
 @app.command()
 def run(
     model: str = typer.Argument(..., help="model name, e.g. smollm2"),
-    prompt: Optional[list[str]] = typer.Argument(None, help="ask once and exit; without it, an interactive chat"),
-    preset: Optional[str] = typer.Option(None, help="balanced, creative, factual, concise or long-form"),
-    keep_alive: Optional[str] = typer.Option(None, "--keepalive", help="how long the server keeps the model loaded"),
+    prompt: list[str] | None = typer.Argument(None, help="ask once and exit; without it, an interactive chat"),
+    preset: str | None = typer.Option(None, help="balanced, creative, factual, concise or long-form"),
+    keep_alive: str | None = typer.Option(None, "--keepalive", help="how long the server keeps the model loaded"),
     verbose: bool = typer.Option(False, "--verbose", help="print timings after each answer"),
 ):
     """Chat with a model, or answer one PROMPT (also read from standard input) and exit."""

@@ -28,7 +28,7 @@ def run_job(job: "jobs.Job[T]", console: Console, quiet: bool = False) -> T:
                     tasks[key] = bars.add_task(progress.status, total=progress.total)
                 bars.update(tasks[key], completed=progress.completed or 0)
             else:
-                bars.console.print(progress.status, markup=False, highlight=False)
+                bars.console.print(progress.status, markup=False, highlight=False, soft_wrap=True)
 
         finished = threading.Event()
 
