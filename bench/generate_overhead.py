@@ -1,38 +1,26 @@
 """What does ember's API cost a single user? Generation speed through /api/generate vs llama-cpp-python in-process.
 
-Same GGUF, same context size, threads and greedy sampling, measured alternately in one run. Prints a table and writes
-bench/results/generate_overhead.json. Goal (issue 2): the API costs at most 5 %.
+Same GGUF, same context size, threads and greedy sampling, measured in alternating rounds in one run (the harness in
+ember.bench). Prints each path's min / median / max over rounds and the per-round ratio, and writes
+bench/results/generate_overhead.json. Goal: the API costs at most 5 %.
 
-    .venv/bin/python bench/generate_overhead.py [--rounds 5] [--tokens 256]
+    .venv/bin/python bench/generate_overhead.py [--rounds 5] [--tokens 256] [--out bench/results]
 """
 
 import argparse
 import json
 import os
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
+from ember.bench.harness import ember_server, in_turns, ratios, spread
+
 ROOT = Path(__file__).resolve().parent.parent
-PROMPT = "<|im_start|>user\nWrite a long story about a lighthouse keeper and a storm.<|im_end|>\n<|im_start|>assistant\n"
-
-
-def start_server(home: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "EMBER_HOME": str(home), "EMBER_HOST": f"127.0.0.1:{port}"}
-    proc = subprocess.Popen([sys.executable, "-m", "ember", "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/api/version", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit("ember serve did not start")
+PROMPT = ("<|im_start|>user\nWrite a long story about a lighthouse keeper and a storm.<|im_end|>\n"
+          "<|im_start|>assistant\n")
 
 
 def via_api(url: str, tokens: int, ctx: int, threads: int) -> dict:
@@ -74,47 +62,47 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--ctx", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
 
     from llama_cpp import Llama
 
     from ember.store.store import ModelStore
 
-    home = Path(tempfile.mkdtemp(prefix="ember-bench-"))
-    store = ModelStore(home / "models")
-    store.pull("smollm2")
-    gguf = store.get("smollm2").model_path
-    port = 18000 + os.getpid() % 1000
-    server = start_server(home, port)
-    url = f"http://127.0.0.1:{port}"
-    llm = Llama(str(gguf), n_ctx=args.ctx, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
-    try:
-        via_api(url, 8, args.ctx, args.threads)  # load the model and warm both paths
-        in_process(llm, 8)
-        api_runs, local_runs = [], []
-        for _ in range(args.rounds):
-            api_runs.append(via_api(url, args.tokens, args.ctx, args.threads))
-            local_runs.append(in_process(llm, args.tokens))
-    finally:
-        server.terminate()
-        server.wait()
+    with tempfile.TemporaryDirectory(prefix="ember-bench-") as tmp:
+        home = Path(tmp)
+        store = ModelStore(home / "models")
+        store.pull("smollm2")
+        gguf = store.get("smollm2").model_path
+        llm = Llama(str(gguf), n_ctx=args.ctx, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+        try:
+            with ember_server(home) as server:
+                via_api(server.url, 8, args.ctx, args.threads)  # load the model and warm both paths
+                in_process(llm, 8)
+                # In turns, the order alternating round by round, so both see the same machine.
+                runs = in_turns(args.rounds, {"in_process": lambda: in_process(llm, args.tokens),
+                                              "api": lambda: via_api(server.url, args.tokens, args.ctx, args.threads)})
+        finally:
+            llm.close()
 
-    api_tps = statistics.median(r["decode_tps"] for r in api_runs)
-    local_tps = statistics.median(r["decode_tps"] for r in local_runs)
-    # Rounds are adjacent in time, so the median of per-round ratios cancels most of the machine's drift.
-    ratio = statistics.median(a["decode_tps"] / b["decode_tps"] for a, b in zip(api_runs, local_runs))
+    api_runs, local_runs = runs["api"], runs["in_process"]
+    api_tps = spread(r["decode_tps"] for r in api_runs)
+    local_tps = spread(r["decode_tps"] for r in local_runs)
+    # Rounds are adjacent in time, so the per-round ratios cancel most of the machine's drift.
+    ratio = ratios([r["decode_tps"] for r in api_runs], [r["decode_tps"] for r in local_runs])
     print(f"single stream, {args.tokens} tokens, greedy, num_ctx {args.ctx}, {args.threads} threads, "
-          f"median of {args.rounds} alternating rounds")
-    print(f"{'path':<34}{'decode tok/s':>14}{'tokens':>8}")
-    print(f"{'llama-cpp-python in-process':<34}{local_tps:>14.1f}{local_runs[0]['tokens']:>8}")
-    print(f"{'ember /api/generate (streamed)':<34}{api_tps:>14.1f}{api_runs[0]['tokens']:>8}")
-    print(f"median per-round ratio ember/in-process: {ratio:.3f}  (API overhead {100 * (1 - ratio):.1f} %; goal ≤ 5 %)")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "generate_overhead.json").write_text(json.dumps({
+          f"{args.rounds} alternating rounds")
+    print(f"{'path':<34}{'decode tok/s: median':>22}{'min':>8}{'max':>8}{'tokens':>8}")
+    for label, s, runs_ in (("llama-cpp-python in-process", local_tps, local_runs),
+                            ("ember /api/generate (streamed)", api_tps, api_runs)):
+        print(f"{label:<34}{s['median']:>22.1f}{s['min']:>8.1f}{s['max']:>8.1f}{runs_[0]['tokens']:>8}")
+    print(f"per-round ratio ember/in-process: median {ratio['median']:.3f} (min {ratio['min']:.3f}, max "
+          f"{ratio['max']:.3f}); API overhead {100 * (1 - ratio['median']):.1f} %; goal ≤ 5 %")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "generate_overhead.json").write_text(json.dumps({
         "tokens": args.tokens, "num_ctx": args.ctx, "threads": args.threads, "rounds": args.rounds,
-        "in_process": local_runs, "api": api_runs, "median_tps": {"in_process": local_tps, "api": api_tps},
-        "ratio": ratio, "goal_met": ratio >= 0.95}, indent=2))
+        "in_process": local_runs, "api": api_runs, "decode_tps": {"in_process": local_tps, "api": api_tps},
+        "ratio": ratio, "goal_met": ratio["median"] >= 0.95}, indent=2))
 
 
 if __name__ == "__main__":
