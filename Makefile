@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml
 run: setup
 	$(EMBER) serve
 
-# Everything: the linter, the fast unit tests, then the integration tests (a real server and the bundled model).
+# Everything: the linter, then every test: unit tests (fakes at the seams) and integration tests (a real server and
+# the bundled model).
 test: setup lint
 	$(PY) -m pytest
 
