@@ -20,7 +20,7 @@ from ember.engines.registry import capabilities
 from ember.runtime.jobs import Job
 from ember.store.blobs import BlobWriter, normalize_digest
 from ember.store.modelfile import CreateSpec
-from ember.store.store import describe, details
+from ember.store.store import ModelStore, describe, details
 
 router = APIRouter()
 
@@ -280,7 +280,7 @@ async def ps(request: Request):
     return {"models": out}
 
 
-def _show(store, name: str) -> dict[str, Any]:
+def _show(store: ModelStore, name: str) -> dict[str, Any]:
     model = store.get(name)
     return {**describe(model), "capabilities": [str(c) for c in capabilities(model)]}
 
