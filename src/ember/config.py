@@ -22,6 +22,10 @@ _SIZES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k
           "gib": 2**30, "tib": 2**40}
 
 
+def _list_env(name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
+
+
 def _bytes_env(name: str) -> int:
     """A size such as 8GB, 512MiB or 1000000 (bytes); 0 when unset."""
     raw = os.environ.get(name, "").strip().lower().replace(" ", "")
@@ -64,6 +68,14 @@ class Settings:
     keep_alive: str
     max_body_bytes: int
     max_memory: int = 0  # bytes loaded models may hold in all; 0: what the machine has available
+    origins: tuple[str, ...] = ()  # web origins allowed beside loopback pages (patterns; "*" for any)
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered beside loopback ones while bound to loopback
+
+    @property
+    def on_loopback(self) -> bool:
+        from ember.ops.guards import is_loopback
+
+        return is_loopback(self.host)
 
     @property
     def base_url(self) -> str:
@@ -87,4 +99,6 @@ class Settings:
             keep_alive=os.environ.get("EMBER_KEEP_ALIVE", "5m"),
             max_body_bytes=_int_env("EMBER_MAX_BODY_BYTES", 32 * 1024 * 1024),
             max_memory=_bytes_env("EMBER_MAX_MEMORY"),
+            origins=_list_env("EMBER_ORIGINS"),
+            allowed_hosts=_list_env("EMBER_ALLOWED_HOSTS"),
         )

@@ -4,11 +4,13 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.middleware.cors import CORSMiddleware
 
 from ember import __version__
 from ember.api import errors, jobs, ollama, openai
 from ember.config import Settings
 from ember.engines.base import EngineFactory
+from ember.ops.guards import BrowserGuard
 from ember.runtime.service import Runtime
 from ember.store.store import ModelStore
 
@@ -89,4 +91,10 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
     app.include_router(jobs.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(JsonBodies)
+    # Origins that pass the guard get CORS headers and their preflights answered; the guard (outermost, so nothing
+    # else runs for a refused request) decides which pass.
+    app.add_middleware(CORSMiddleware, allow_origin_regex=".*", allow_methods=["*"], allow_headers=["*"],
+                       expose_headers=["*"], max_age=600)
+    app.add_middleware(BrowserGuard, origins=settings.origins, allowed_hosts=settings.allowed_hosts,
+                       check_host=settings.on_loopback)
     return app

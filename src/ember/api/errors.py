@@ -15,7 +15,8 @@ log = logging.getLogger("ember.api")
 
 def error_response(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
     if request.url.path.startswith("/v1/"):
-        kind = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
+        kind = {400: "invalid_request_error", 403: "permission_error", 404: "not_found_error",
+                413: "invalid_request_error",
                 503: "server_busy"}.get(status, "api_error")
         body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
     else:
