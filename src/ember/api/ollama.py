@@ -16,11 +16,12 @@ from ember.core.durations import parse_keep_alive
 from ember.core.errors import BadRequest
 from ember.core.options import parse_options
 from ember.core.types import Done, EmbedRequest, GenerateRequest, Message, Token, ToolCall
-from ember.engines.registry import capabilities
+from ember.engines import registry
+from ember.engines.base import Role
 from ember.runtime.jobs import Job
 from ember.store.blobs import BlobWriter, normalize_digest
 from ember.store.modelfile import CreateSpec
-from ember.store.store import ModelStore, describe, details
+from ember.store.store import details
 
 router = APIRouter()
 
@@ -274,20 +275,16 @@ async def ps(request: Request):
             "details": details(m), "size_vram": 0 if status.device == "cpu" else status.memory_bytes,
             "context_length": status.context, "expires_at": expires,
             # ember's own: what the engine holds and how busy it is
-            "embedding": loaded.spec.role == "embed", "active_requests": loaded.active, "threads": status.threads,
+            "embedding": loaded.spec.role is Role.EMBED, "active_requests": loaded.active, "threads": status.threads,
             "slots": status.slots, "slots_busy": status.busy_slots, "device": status.device,
         })
     return {"models": out}
 
 
-def _show(store: ModelStore, name: str) -> dict[str, Any]:
-    model = store.get(name)
-    return {**describe(model), "capabilities": [str(c) for c in capabilities(model)]}
-
-
 @router.post("/api/show")
 async def show(body: ShowBody, request: Request):
-    return await asyncio.to_thread(_show, common.store(request), body.target)
+    store = common.store(request)
+    return await asyncio.to_thread(lambda: registry.show(store.get(body.target)))
 
 
 @router.post("/api/copy")

@@ -120,11 +120,9 @@ def show(
     license: bool = typer.Option(False, "--license", help="only the license"),
 ):
     """Show a model's details, parameters, template, system prompt and license."""
-    from ember.engines.registry import capabilities
-    from ember.store.store import describe
+    from ember.engines import registry
 
-    stored = _store().get(model)
-    info = {**describe(stored), "capabilities": capabilities(stored)}
+    info = registry.show(_store().get(model))
     for flag, key in ((modelfile, "modelfile"), (parameters, "parameters"), (template, "template"),
                       (system, "system"), (license, "license")):
         if flag:

@@ -7,7 +7,7 @@ Each engine module is imported only when a model needs it, so that listing or sh
 from ember.core.errors import BadRequest
 from ember.core.templates import CHATML, renders_tools
 from ember.engines.base import Capability, Engine, EngineFactory, LoadSpec
-from ember.store.store import Model
+from ember.store.store import Model, describe
 
 GGUF_MAGIC = b"GGUF"
 
@@ -48,6 +48,11 @@ def capabilities(model: Model) -> list[Capability]:
     if f"{info.architecture}.pooling_type" in info.model_info:  # an encoder made for embeddings (BERT and kin)
         return [Capability.EMBEDDING]
     found = [Capability.COMPLETION]
-    if renders_tools(model.template or info.chat_template or CHATML):
+    if renders_tools(model.chat_template or CHATML):
         found.append(Capability.TOOLS)
     return found
+
+
+def show(model: Model) -> dict:
+    """What `ember show` and /api/show tell: the stored description and what ember's engines can do with it."""
+    return {**describe(model), "capabilities": [str(c) for c in capabilities(model)]}

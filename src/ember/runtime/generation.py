@@ -31,7 +31,7 @@ log = logging.getLogger("ember.generation")
 
 
 def chat_template(model: Model, request: GenerateRequest) -> str:
-    return request.template or model.template or model.info.chat_template or templates.CHATML
+    return request.template or model.chat_template or templates.CHATML
 
 
 def conversation(model: Model, request: GenerateRequest) -> list[Message]:

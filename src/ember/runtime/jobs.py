@@ -48,10 +48,6 @@ class Reporter:
             raise Cancelled("cancelled")
 
 
-def silent(status: str, **_: object) -> None:
-    """A reporter for work nobody watches."""
-
-
 _ids = itertools.count(1)
 
 
@@ -66,10 +62,6 @@ class Job(Generic[T]):
 
     def cancel(self) -> None:
         self._cancel.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
 
     def run(self, on_progress: Callable[[Progress], None]) -> T:
         """Do the work in this thread, passing each Progress to `on_progress`; its result, or its error."""

@@ -66,6 +66,11 @@ class Model:
     def info(self) -> GGUFInfo:
         return read_gguf_info(self.model_path)
 
+    @property
+    def chat_template(self) -> str | None:
+        """The Modelfile's TEMPLATE, else the GGUF's own; None when neither has one."""
+        return self.template or self.info.chat_template
+
 
 def details(model: Model) -> dict[str, Any]:
     """The short description Ollama's /api/tags, /api/ps and /api/show carry."""
@@ -82,7 +87,7 @@ def describe(model: Model) -> dict[str, Any]:
                            for v in (vs if isinstance(vs, list) else [vs]))
     return {
         "modelfile": render_modelfile(model), "parameters": parameters,
-        "template": model.template or info.chat_template or "", "system": model.system or "",
+        "template": model.chat_template or "", "system": model.system or "",
         "license": model.license or "", "details": details(model),
         "model_info": {**info.model_info, "general.parameter_count": info.parameter_count},
         "modified_at": model.modified_at.isoformat().replace("+00:00", "Z"),
