@@ -38,6 +38,20 @@ def _bytes_env(name: str) -> int:
     return int(value)
 
 
+def _duration_env(name: str, default: str) -> float:
+    """Seconds from a duration such as 24h, 10m or 90s; 0 when set to 0 or off."""
+    from ember.core.durations import parse_duration
+    from ember.core.errors import BadRequest
+
+    raw = os.environ.get(name, default).strip().lower()
+    if raw in ("0", "off", "never", ""):
+        return 0.0
+    try:
+        return parse_duration(raw, name)
+    except BadRequest as e:
+        raise SystemExit(e.message) from None
+
+
 def parse_host(raw: str | None) -> tuple[str, int]:
     """EMBER_HOST accepts 'host', 'host:port', ':port' or 'http://host:port', as OLLAMA_HOST does."""
     raw = (raw or "").strip()
@@ -70,6 +84,22 @@ class Settings:
     max_memory: int = 0  # bytes loaded models may hold in all; 0: what the machine has available
     origins: tuple[str, ...] = ()  # web origins allowed beside loopback pages (patterns; "*" for any)
     allowed_hosts: tuple[str, ...] = ()  # Host names answered beside loopback ones while bound to loopback
+    api_keys: tuple[str, ...] = ()  # EMBER_API_KEYS: "key" (admin) or "key:scope", beside the keys file
+    max_prompt_tokens: int = 0  # 0: the model's context window is the only limit
+    max_predict: int = 0  # 0: no limit beyond the context window
+    max_upload_bytes: int = 0  # 0: no limit beyond free disk
+    request_timeout: float = 0.0  # seconds one generation may run; 0: no limit
+    shutdown_grace: float = 30.0  # seconds in-flight requests get to finish after SIGTERM
+    backup_every: float = 0.0  # seconds between automatic backups while serving; 0: none
+    backup_keep: int = 7  # automatic backups kept
+
+    @property
+    def keys_file(self) -> Path:
+        return self.home / "keys.json"
+
+    @property
+    def backups(self) -> Path:
+        return self.home / "backups"
 
     @property
     def on_loopback(self) -> bool:
@@ -101,4 +131,12 @@ class Settings:
             max_memory=_bytes_env("EMBER_MAX_MEMORY"),
             origins=_list_env("EMBER_ORIGINS"),
             allowed_hosts=_list_env("EMBER_ALLOWED_HOSTS"),
+            api_keys=_list_env("EMBER_API_KEYS"),
+            max_prompt_tokens=_int_env("EMBER_MAX_PROMPT_TOKENS", 0),
+            max_predict=_int_env("EMBER_MAX_PREDICT", 0),
+            max_upload_bytes=_bytes_env("EMBER_MAX_UPLOAD_BYTES"),
+            request_timeout=_duration_env("EMBER_REQUEST_TIMEOUT", "0"),
+            shutdown_grace=_duration_env("EMBER_SHUTDOWN_GRACE", "30s"),
+            backup_every=_duration_env("EMBER_BACKUP_EVERY", "0"),
+            backup_keep=_int_env("EMBER_BACKUP_KEEP", 7),
         )
