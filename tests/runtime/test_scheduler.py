@@ -79,8 +79,9 @@ async def test_memory_budget_evicts_idle_models(make_runtime, engines, models):
     engines.memory_of[models.get("a").model_path.name] = 300
     with pytest.raises(EmberError) as refused:  # more than the whole budget: refused with the sizes
         await answer(runtime, chat("a"))
-    assert refused.value.status == 503 and "more than the 0.0 GB available" in refused.value.message
-    assert sorted(loaded_names(runtime)) == []  # everything idle made way before it was found too big
+    assert refused.value.status == 400 and "more than the 0.0 GB available" in refused.value.message
+    assert "EMBER_MAX_MEMORY" in refused.value.message
+    assert sorted(loaded_names(runtime)) == ["b:latest", "c:latest"]  # refused before anything was evicted
     await runtime.close()
 
 

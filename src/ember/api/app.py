@@ -7,10 +7,12 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 
 from ember import __version__
-from ember.api import errors, jobs, ollama, openai
+from ember.api import errors, health, jobs, ollama, openai
 from ember.config import Settings
 from ember.engines.base import EngineFactory
 from ember.ops.guards import BrowserGuard
+from ember.ops.keys import KeyGuard, Keyring
+from ember.ops.requests import RequestLog
 from ember.runtime.service import Runtime
 from ember.store.store import ModelStore
 
@@ -64,8 +66,9 @@ class JsonBodies:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and not scope["path"].startswith(UNCAPPED_PREFIXES):
+            # Changed in place: the router records the matched route in this same scope, for the request log.
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+            scope["headers"] = [*headers, (b"content-type", b"application/json")]
         await self.app(scope, receive, send)
 
 
@@ -89,12 +92,15 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
     app.include_router(ollama.router)
     app.include_router(openai.router)
     app.include_router(jobs.router)
+    app.include_router(health.router)
+    # Outermost last. A request passes: the request log (id, metrics), the browser guard (so nothing else runs for a
+    # refused page), CORS (headers, and preflights answered, for origins that passed), the key check, then the body.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(JsonBodies)
-    # Origins that pass the guard get CORS headers and their preflights answered; the guard (outermost, so nothing
-    # else runs for a refused request) decides which pass.
+    app.add_middleware(KeyGuard, keyring=Keyring(settings.api_keys, settings.keys_file), routes=lambda: app.routes)
     app.add_middleware(CORSMiddleware, allow_origin_regex=".*", allow_methods=["*"], allow_headers=["*"],
                        expose_headers=["*"], max_age=600)
     app.add_middleware(BrowserGuard, origins=settings.origins, allowed_hosts=settings.allowed_hosts,
                        check_host=settings.on_loopback)
+    app.add_middleware(RequestLog, metrics=runtime.metrics)
     return app

@@ -1,6 +1,7 @@
 """Pieces both dialects share: reaching the runtime, starting a generation, serialising a stream."""
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -8,10 +9,12 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from ember.core.errors import BadRequest
+from ember.core.errors import BadRequest, EmberError
 from ember.core.types import Event
 from ember.runtime.service import Runtime
 from ember.store.store import ModelStore
+
+log = logging.getLogger("ember.api")
 
 
 def runtime(request: Request) -> Runtime:
@@ -50,9 +53,18 @@ async def _rest(first: Event, events: AsyncIterator[Event]) -> AsyncIterator[Eve
 def stream(first: Event, events: AsyncIterator[Event], render: Callable[[Event], list[str]],
            media_type: str, tail: Callable[[], list[str]] = list) -> StreamingResponse:
     async def body():
-        async for event in _rest(first, events):
-            for line in render(event):
-                yield line
+        try:
+            async for event in _rest(first, events):
+                for line in render(event):
+                    yield line
+        except EmberError as e:  # the status line is sent: the error goes in the stream, as each dialect sends it
+            log.info("stream ended by an error: %s", e.message)
+            if media_type == "text/event-stream":
+                error = {"message": e.message, "type": "api_error", "code": e.status}
+                yield f"data: {json.dumps({'error': error})}\n\n"
+            else:
+                yield ndjson({"error": e.message})
+            return
         for line in tail():
             yield line
 

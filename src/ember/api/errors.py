@@ -8,15 +8,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ember.core.errors import Busy, EmberError
+from ember.core.errors import Busy, EmberError, disk_error
 
 log = logging.getLogger("ember.api")
 
 
 def error_response(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
     if request.url.path.startswith("/v1/"):
-        kind = {400: "invalid_request_error", 403: "permission_error", 404: "not_found_error",
-                413: "invalid_request_error",
+        kind = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
+                404: "not_found_error", 408: "timeout", 413: "invalid_request_error",
                 503: "server_busy"}.get(status, "api_error")
         body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
     else:
@@ -62,5 +62,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
+        full = disk_error(exc) if isinstance(exc, OSError) else None
+        if full:
+            log.error("%s %s: %s", request.method, request.url.path, full.message)
+            return error_response(request, full.status, full.message)
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(request, 500, f"internal error: {type(exc).__name__}: {exc}")

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ember.api import common
-from ember.core.errors import NotFound
+from ember.core.errors import NotFound, disk_error
 from ember.runtime.jobs import Job, Progress
 
 router = APIRouter()
@@ -46,7 +46,8 @@ async def job_response(request: Request, job: Job, render: Callable[[Progress], 
             async for progress in events:
                 yield common.ndjson(render(progress))
         except Exception as e:  # the status line is already sent: report the error in the stream
-            yield common.ndjson({"error": getattr(e, "message", str(e))})
+            error = (disk_error(e) if isinstance(e, OSError) else None) or e
+            yield common.ndjson({"error": getattr(error, "message", str(error))})
         finally:
             await events.aclose()
 

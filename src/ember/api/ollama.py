@@ -2,6 +2,8 @@
 
 import asyncio
 import math
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ember import __version__
 from ember.api import common
 from ember.api.jobs import job_response
+from ember.config import Settings
 from ember.core.durations import parse_keep_alive
-from ember.core.errors import BadRequest
+from ember.core.errors import BadRequest, TooLarge
 from ember.core.options import parse_options
 from ember.core.types import Done, EmbedRequest, GenerateRequest, Message, Token, ToolCall
 from ember.engines import registry
@@ -359,6 +362,31 @@ async def blob_exists(digest: str, request: Request):
     return Response(status_code=200 if found else 404)
 
 
+@dataclass
+class UploadLimit:
+    bytes: int
+    message: str
+
+
+# Left free on the disk after an upload, so that the store can still write manifests and the system keeps working.
+DISK_RESERVE = 256 * 1024 * 1024
+
+
+def upload_limit(settings: Settings, folder: Path, declared: str | None) -> UploadLimit:
+    """The most an upload may hold: EMBER_MAX_UPLOAD_BYTES, and what the disk has free; a Content-Length above it is
+    refused before a byte is written."""
+    room = max(shutil.disk_usage(folder).free - DISK_RESERVE, 0)
+    if settings.max_upload_bytes and settings.max_upload_bytes <= room:
+        limit = UploadLimit(settings.max_upload_bytes, f"the upload is larger than this server's limit of "
+                            f"{settings.max_upload_bytes} bytes (EMBER_MAX_UPLOAD_BYTES)")
+    else:
+        limit = UploadLimit(room, f"the upload does not fit on the disk: {room} bytes are free for it; free some "
+                            "space (`ember rm` removes models) or put the models elsewhere (EMBER_MODELS)")
+    if declared and declared.isdigit() and int(declared) > limit.bytes:
+        raise TooLarge(f"{limit.message} (the upload declares {declared} bytes)")
+    return limit
+
+
 @router.post("/api/blobs/{digest}", status_code=201)
 async def blob_upload(digest: str, request: Request):
     expected = normalize_digest(digest)
@@ -367,10 +395,13 @@ async def blob_upload(digest: str, request: Request):
         return Response(status_code=200)
     # Hashed as it arrives and written once; stored under its digest (fsync and rename off the event loop) only if
     # it matches.
+    limit = upload_limit(common.runtime(request).settings, blobs.root, request.headers.get("content-length"))
     blob = BlobWriter(blobs, expected)
     try:
         async for chunk in request.stream():
             blob.write(chunk)
+            if blob.size > limit.bytes:
+                raise TooLarge(limit.message)
         await asyncio.to_thread(blob.finish)
     finally:
         blob.close()

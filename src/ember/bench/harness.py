@@ -93,7 +93,7 @@ def ember_server(home: Path, *, port: int | None = None, log_path: Path | None =
     """`python -m ember serve` as a user starts it, with its data in `home` and settings from `env`."""
     port = port or free_port()
     return ServerProcess("ember serve", [sys.executable, "-m", "ember", "serve"], port,
-                         env=ember_env(home, port, **env), ready_path="/api/version", log_path=log_path)
+                         env=ember_env(home, port, **env), ready_path="/health", log_path=log_path)
 
 
 # -- the client: streamed requests, timed as they arrive ----------------------------------------------------------

@@ -5,6 +5,7 @@ Both clients yield the same things for a chat: text pieces, then one final dict 
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,16 +18,24 @@ from ember.core.types import Done, GenerateRequest, Message, Token
 
 
 def server_running(settings: Settings) -> bool:
+    """An ember server answers at the address (its /health needs no key; 503 while it starts or stops)."""
     try:
-        return httpx.get(f"{settings.base_url}/api/version", timeout=0.5).status_code == 200
-    except httpx.HTTPError:
+        response = httpx.get(f"{settings.base_url}/health", timeout=0.5)
+        return response.status_code in (200, 503) and "status" in response.json()
+    except (httpx.HTTPError, ValueError, TypeError):
         return False
+
+
+def key_headers() -> dict[str, str]:
+    """The key the CLI sends to a server that needs one: EMBER_API_KEY."""
+    key = os.environ.get("EMBER_API_KEY", "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 class HttpClient:
     def __init__(self, settings: Settings):
         self.base = settings.base_url
-        self.http = httpx.Client(base_url=self.base, timeout=httpx.Timeout(10.0, read=None))
+        self.http = httpx.Client(base_url=self.base, timeout=httpx.Timeout(10.0, read=None), headers=key_headers())
 
     def request(self, method: str, path: str, **kwargs) -> Any:
         response = self.http.request(method, path, **kwargs)

@@ -11,11 +11,12 @@ from rich.table import Table
 
 from ember import __version__
 from ember.cli import chat as chat_cli
+from ember.cli import keys as keys_cli
 from ember.cli import train as train_cli
 from ember.cli.client import HttpClient, server_running
 from ember.cli.progress import run_job
 from ember.config import Settings
-from ember.core.errors import EmberError
+from ember.core.errors import EmberError, disk_error
 from ember.runtime.jobs import Job
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run, serve and manage local language models.")
@@ -52,11 +53,16 @@ def _ago(moment) -> str:
 
 
 @app.command()
-def serve():
+def serve(
+    insecure: bool = typer.Option(False, "--insecure", help="listen beyond this machine without API keys"),
+    log_format: str = typer.Option("text", "--log-format", help="text, or json: one JSON object a line"),
+):
     """Start the server (Ollama API on /api, OpenAI API on /v1) at EMBER_HOST (default 127.0.0.1:11434)."""
     from ember.cli.serve import serve as run_server
 
-    run_server(_settings())
+    if log_format not in ("text", "json"):
+        raise EmberError(f"--log-format {log_format!r}: use text or json")
+    run_server(_settings(), insecure=insecure, log_format=log_format)
 
 
 @app.command()
@@ -188,6 +194,8 @@ def export(model: str, directory: Path):
         out.print(str(path))
 
 
+app.add_typer(keys_cli.keys_app, name="keys")
+
 bench_app = typer.Typer(no_args_is_help=True, help="Measure speed against the tools ember replaces.")
 app.add_typer(bench_app, name="bench")
 
@@ -224,6 +232,12 @@ def main() -> None:
     except EmberError as e:
         # One line whatever the width, and a message may hold [brackets] that are not markup.
         err.print(f"[red]Error:[/red] {escape(e.message)}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except OSError as e:
+        full = disk_error(e)
+        if full is None:
+            raise
+        err.print(f"[red]Error:[/red] {escape(full.message)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")

@@ -8,6 +8,9 @@ import sys
 import uvicorn
 
 from ember.config import Settings
+from ember.ops.keys import Keyring
+from ember.ops.requests import configure_logging
+from ember.runtime.service import Runtime
 
 
 def port_free(host: str, port: int) -> bool:
@@ -23,15 +26,47 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def serve(settings: Settings) -> None:
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the runtime when a shutdown begins: /health turns 503 at once, while requests in
+    flight get EMBER_SHUTDOWN_GRACE to finish before they are cancelled."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime):
+        super().__init__(config)
+        self.runtime = runtime
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if not self.runtime.draining:
+            logging.getLogger("ember.serve").info(
+                "stopping: no new connections; requests in flight have %gs to finish (EMBER_SHUTDOWN_GRACE)",
+                self.config.timeout_graceful_shutdown)
+        self.runtime.drain()
+        super().handle_exit(sig, frame)
+
+
+def refuse_open_bind(settings: Settings, insecure: bool) -> str | None:
+    """Why ember must not listen on this address as configured, or None."""
+    if settings.on_loopback or insecure or Keyring(settings.api_keys, settings.keys_file).enabled:
+        return None
+    return (f"ember serve: {settings.host} is reachable from other machines, and no API key is set, so anyone who "
+            "can reach it could run, create and delete models. Add a key (`ember keys add NAME`, or "
+            "EMBER_API_KEYS), listen on 127.0.0.1 only, or pass --insecure to serve it open anyway.")
+
+
+def serve(settings: Settings, *, insecure: bool = False, log_format: str = "text") -> None:
+    why = refuse_open_bind(settings, insecure)
+    if why:
+        print(why, file=sys.stderr)
+        sys.exit(1)
     if not port_free(settings.host, settings.port):
         print(f"ember serve: {settings.host}:{settings.port} is already in use (another ember or Ollama?). "
               f"Pick another address with EMBER_HOST, e.g. EMBER_HOST=127.0.0.1:{settings.port + 1} ember serve",
               file=sys.stderr)
         sys.exit(1)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_format)
     from ember.api.app import create_app
 
     app = create_app(settings)
-    print(f"ember serving at {settings.base_url} (models in {settings.models})", file=sys.stderr)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=3)
+    logging.getLogger("ember.serve").info("ember serving at %s (models in %s)", settings.base_url, settings.models)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=max(int(settings.shutdown_grace), 1))
+    _Server(config, app.state.runtime).run()

@@ -35,3 +35,19 @@ class Busy(EmberError):
 
 def model_not_found(name: str) -> NotFound:
     return NotFound(f"model '{name}' not found, try pulling it first: ember pull {name}")
+
+
+class DiskFull(EmberError):
+    status = 507
+
+
+def disk_error(error: OSError) -> EmberError | None:
+    """A full disk (or quota) as an error that says so; None for other OS errors. Writes are atomic, so what was
+    being written is simply not there."""
+    import errno
+
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {error.filename}" if error.filename else ""
+        return DiskFull(f"the disk is full{where}: nothing was changed; free some space (`ember rm` removes models, "
+                        "EMBER_MODELS can put them on another disk) and try again")
+    return None

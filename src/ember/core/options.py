@@ -11,6 +11,8 @@ from ember.core.errors import BadRequest
 
 NonNegFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
+# llama.cpp takes these as C ints: a larger number would overflow in ctypes (a 500) instead of a clear 400.
+INT32, UINT32 = (1 << 31) - 1, (1 << 32) - 1
 
 
 class Options(BaseModel):
@@ -19,24 +21,24 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     temperature: NonNegFloat | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=INT32)] | None = None
     top_p: Probability | None = None
     min_p: Probability | None = None
     typical_p: Annotated[float, Field(gt=0, le=1)] | None = None
     repeat_penalty: NonNegFloat | None = None
-    repeat_last_n: Annotated[int, Field(ge=-1)] | None = None
+    repeat_last_n: Annotated[int, Field(ge=-1, le=INT32)] | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     mirostat: Annotated[int, Field(ge=0, le=2)] | None = None
     mirostat_tau: NonNegFloat | None = None
     mirostat_eta: NonNegFloat | None = None
-    seed: int | None = None
-    num_predict: Annotated[int, Field(ge=-2)] | None = None
+    seed: Annotated[int, Field(ge=-INT32 - 1, le=UINT32)] | None = None
+    num_predict: Annotated[int, Field(ge=-2, le=INT32)] | None = None
     stop: list[str] | None = None
     num_ctx: Annotated[int, Field(ge=64, le=1 << 20)] | None = None
     num_batch: Annotated[int, Field(ge=1, le=1 << 16)] | None = None
     num_thread: Annotated[int, Field(ge=1, le=512)] | None = None
-    num_keep: Annotated[int, Field(ge=-1)] | None = None
+    num_keep: Annotated[int, Field(ge=-1, le=INT32)] | None = None
 
     @field_validator("stop", mode="before")
     @classmethod

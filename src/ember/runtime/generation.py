@@ -17,7 +17,7 @@ from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 from ember.config import Settings
 from ember.core import templates
 from ember.core.context import Fitted, answer_reserve, fit_after, fit_messages, too_long
-from ember.core.errors import BadRequest
+from ember.core.errors import BadRequest, EmberError
 from ember.core.options import Options
 from ember.core.textstream import TextStream
 from ember.core.tools import forced_call_schema, parse_tool_calls, tool_names
@@ -140,13 +140,16 @@ class Generation:
     """
 
     def __init__(self, engine: Generator, model: Model, request: GenerateRequest, options: Options,
-                 emit: Callable[[Event | Failed], None], load_ns: int = 0):
+                 emit: Callable[[Event | Failed], None], load_ns: int = 0, max_prompt_tokens: int = 0):
         self.created_ns = time.perf_counter_ns() - load_ns
         self.engine, self.request, self.emit, self.load_ns = engine, request, emit, load_ns
         self.model_name = model.name
         self.options = options
         self.prompt = build_prompt(engine, model, request, options)
         self.tokens = self.prompt.tokens
+        if max_prompt_tokens and len(self.tokens) > max_prompt_tokens:
+            raise BadRequest(f"the prompt is {len(self.tokens)} tokens, more than this server's limit of "
+                             f"{max_prompt_tokens} (EMBER_MAX_PROMPT_TOKENS); shorten it or raise the limit")
         self.grammar = grammar_for(request)
         room = engine.n_ctx - len(self.tokens)
         self.max_tokens = min(options.num_predict, room) if options.num_predict > 0 else room
@@ -202,12 +205,31 @@ class Generation:
         self.emit(done)
 
 
+class TimedOut(EmberError):
+    status = 408
+
+
+def limited_options(settings: Settings, options: Options) -> Options:
+    """`num_predict` within EMBER_MAX_PREDICT: a larger one asked for is refused, an unbounded one is capped."""
+    cap = settings.max_predict
+    if not cap:
+        return options
+    if options.num_predict is not None and options.num_predict > cap:
+        raise BadRequest(f"num_predict {options.num_predict} is more than this server's limit of {cap} tokens "
+                         "(EMBER_MAX_PREDICT); ask for fewer or raise the limit")
+    if options.num_predict is None or options.num_predict < 0:
+        return options.model_copy(update={"num_predict": cap})
+    return options
+
+
 async def generate(scheduler: Scheduler, store: ModelStore, settings: Settings,
                    request: GenerateRequest) -> AsyncIterator[Event]:
     """Events for one request, ending with Done. Closing the iterator early cancels the generation."""
     if request.tools:
         tool_names(request.tools)  # a malformed tool is a 400 before anything loads
     p = await asyncio.to_thread(plan, store, settings, request.model, request.options, request.preset, Role.GENERATE)
+    options = limited_options(settings, p.options)
+    deadline = time.monotonic() + settings.request_timeout if settings.request_timeout else None
     async with scheduler.admitted(), scheduler.using(p.model, p.spec, request.keep_alive) as lease:
         engine = lease.engine
         if not isinstance(engine, Generator):
@@ -224,10 +246,16 @@ async def generate(scheduler: Scheduler, store: ModelStore, settings: Settings,
                     job.cancel.set()
 
         try:
-            job = await asyncio.to_thread(Generation, engine, p.model, request, p.options, emit, lease.load_ns)
+            job = await asyncio.to_thread(Generation, engine, p.model, request, options, emit, lease.load_ns,
+                                          settings.max_prompt_tokens)
             engine.submit(job)
             while True:
-                event = await events.get()
+                try:
+                    event = await asyncio.wait_for(events.get(), deadline - time.monotonic() if deadline else None)
+                except TimeoutError:
+                    raise TimedOut(f"the generation ran past this server's limit of {settings.request_timeout:g} s "
+                                   "(EMBER_REQUEST_TIMEOUT) and was stopped; ask for fewer tokens (num_predict) or "
+                                   "raise the limit") from None
                 if isinstance(event, Failed):
                     raise event.error
                 yield event

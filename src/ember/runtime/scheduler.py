@@ -30,7 +30,9 @@ log = logging.getLogger("ember.scheduler")
 
 
 class InsufficientMemory(EmberError):
-    status = 503
+    """A model (with the context asked for) that cannot fit even alone: retrying will not help, so a 4xx."""
+
+    status = 400
 
 
 class Named(Protocol):
@@ -126,6 +128,11 @@ class Scheduler:
                 self._unload(loaded)
 
     # -- admission -------------------------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Requests admitted: running, or waiting for a slot or a load."""
+        return self._pending
 
     @asynccontextmanager
     async def admitted(self) -> AsyncIterator[None]:
@@ -238,6 +245,12 @@ class Scheduler:
         are left, wait for one to finish."""
         # Planned once: memory freed by an eviction shows as available only after the close.
         budget = self.memory_budget(sum(x.status().memory_bytes for x in self._holding(loaded)))
+        if estimate > budget:  # would not fit with nothing else loaded: refused before anything is evicted
+            raise InsufficientMemory(
+                f"{loaded.name} needs about {estimate / 1e9:.1f} GB (weights and a context cache for "
+                f"{loaded.spec.num_ctx} tokens per sequence), more than the {budget / 1e9:.1f} GB available "
+                "(EMBER_MAX_MEMORY, or what this machine has free); lower num_ctx or EMBER_NUM_PARALLEL, or free "
+                "memory")
         while True:
             others = self._holding(loaded)
             held = sum(x.status().memory_bytes for x in others)
@@ -245,11 +258,6 @@ class Scheduler:
             too_big = held + estimate > budget
             if not too_many and not too_big:
                 return
-            if not others:  # alone, and still too big
-                raise InsufficientMemory(
-                    f"{loaded.name} needs about {estimate / 1e9:.1f} GB (weights and a context cache for "
-                    f"{loaded.spec.num_ctx} tokens per sequence), more than the {budget / 1e9:.1f} GB available; "
-                    "lower num_ctx or EMBER_NUM_PARALLEL, or free memory")
             idle = [x for x in others if x.active == 0]
             if idle:
                 victim = min(idle, key=lambda x: x.last_used)
