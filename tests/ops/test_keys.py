@@ -131,3 +131,24 @@ def test_serve_refuses_an_open_address_without_keys(tmp_path):
     assert "--insecure" in refuse_open_bind(open_bind, insecure=False)
     assert refuse_open_bind(open_bind, insecure=True) is None
     assert refuse_open_bind(settings(tmp_path, host="0.0.0.0", api_keys=("k",)), insecure=False) is None
+
+
+@pytest.mark.parametrize("text", ["{}", "[]", '{"keys": "x"}', '{"keys": [1]}', '{"keys": [{"name": "a"}]}',
+                                  '{"keys": [{"name": "a", "scope": "root", "sha256": "00"}]}'])
+def test_a_damaged_keys_file_stops_the_server_from_starting(make_runtime, text):
+    runtime = make_runtime()
+    runtime.settings.keys_file.parent.mkdir(parents=True, exist_ok=True)
+    runtime.settings.keys_file.write_text(text)
+    with pytest.raises(BadRequest, match="keys file .* is damaged"):
+        create_app(runtime.settings, runtime=runtime)
+
+
+async def test_keys_damaged_while_serving_keep_the_last_good_ones(make_runtime):
+    runtime = make_runtime()
+    keys = KeysFile(runtime.settings.keys_file)
+    key = keys.add("webui", Access.USE)
+    app = create_app(runtime.settings, runtime=runtime)
+    async with client(app) as http:
+        keys.path.write_text("{damaged")
+        assert (await http.get("/api/tags")).status_code == 401
+        assert (await http.get("/api/tags", headers={"Authorization": f"Bearer {key}"})).status_code == 200

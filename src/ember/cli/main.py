@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ember import __version__
 from ember.cli import chat as chat_cli
+from ember.cli import doctor as doctor_cli
 from ember.cli import keys as keys_cli
 from ember.cli import train as train_cli
 from ember.cli.client import HttpClient, server_running
@@ -195,6 +196,7 @@ def export(model: str, directory: Path):
 
 
 app.add_typer(keys_cli.keys_app, name="keys")
+app.command()(doctor_cli.doctor)
 
 bench_app = typer.Typer(no_args_is_help=True, help="Measure speed against the tools ember replaces.")
 app.add_typer(bench_app, name="bench")

@@ -10,6 +10,7 @@ import enum
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from ember.core.errors import BadRequest, NotFound
 from ember.fsutil import atomic_file, make_dirs
 
 KEY_PREFIX = "ember-"
+
+log = logging.getLogger("ember.keys")
 
 
 class Access(enum.IntEnum):
@@ -93,7 +96,7 @@ class KeysFile:
                     for k in data["keys"]]
         except FileNotFoundError:
             return []
-        except (ValueError, KeyError, TypeError, BadRequest) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, BadRequest) as e:
             raise BadRequest(f"the keys file {self.path} is damaged ({e}); fix it or remove it and add the keys "
                              "again with `ember keys add`") from None
 
@@ -132,6 +135,7 @@ class Keyring:
         self._env = [self._env_key(raw) for raw in env_keys]
         self._stamp: tuple[int, int] | None = None
         self._stored: list[tuple[str, Access]] = []
+        self._entries()  # a damaged keys file stops the server from starting, with what is wrong
 
     @staticmethod
     def _env_key(raw: str) -> tuple[str, Access]:
@@ -147,7 +151,13 @@ class Keyring:
         except FileNotFoundError:
             stamp = None
         if stamp != self._stamp:
-            self._stored = [(k.sha256, k.access) for k in self.file.read()] if stamp else []
+            try:
+                self._stored = [(k.sha256, k.access) for k in self.file.read()] if stamp else []
+            except BadRequest as e:
+                if self._stamp is None and not self._stored:
+                    raise
+                # Damaged while serving (a hand edit): the keys read last stay in force rather than none.
+                log.error("%s; keeping the keys read before", e.message)
             self._stamp = stamp
         return self._env + self._stored
 
