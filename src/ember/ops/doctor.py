@@ -308,7 +308,8 @@ def _check_loads(models: list[Model], available: int) -> list[Check]:
             problems.append(Check("models", Status.FAIL, f"{quoted} does not load: {why}",
                                   f"ember rm {' '.join(m.name for m in group)}, then "
                                   f"{'; '.join(_remake(m.name) for m in group)}"))
-    return [*([Check("models", Status.OK, f"{_plural(loaded, 'model')} load with llama.cpp")] if loaded else []),
+    verb = "loads" if loaded == 1 else "load"
+    return [*([Check("models", Status.OK, f"{_plural(loaded, 'model')} {verb} with llama.cpp")] if loaded else []),
             *problems]
 
 
