@@ -1,9 +1,11 @@
 """`ember serve`: check the port, then run the app under uvicorn."""
 
+import contextlib
 import errno
 import logging
 import socket
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -33,6 +35,16 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, runtime: Runtime):
         super().__init__(config)
         self.runtime = runtime
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                # uvicorn raises the signal again once it has stopped, so that the process ends by it; a shutdown
+                # that went as planned exits 0 instead, as a supervisor expects of a clean stop.
+                self._captured_signals.clear()
 
     def handle_exit(self, sig: int, frame) -> None:
         if not self.runtime.draining:
