@@ -7,9 +7,10 @@ import httpx
 import pytest
 
 from ember.api.app import create_app
+from ember.api.routes import flat_routes
 from ember.cli.serve import refuse_open_bind
 from ember.core.errors import BadRequest
-from ember.ops.keys import PUBLIC, ROUTE_ACCESS, Access, KeysFile, flat_routes
+from ember.ops.keys import PUBLIC, ROUTE_ACCESS, Access, KeysFile
 from tests.helpers import settings
 
 pytestmark = pytest.mark.anyio

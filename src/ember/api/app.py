@@ -85,7 +85,8 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
         yield
         await runtime.close()
 
-    app = FastAPI(title="ember", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="ember", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None,
+                  responses=errors.ERROR_RESPONSES)
     app.state.settings = settings
     app.state.runtime = runtime
     errors.install(app)

@@ -4,10 +4,11 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from pydantic import WithJsonSchema
 
 from ember.core.errors import BadRequest, EmberError
 from ember.core.types import Event
@@ -82,3 +83,20 @@ def ndjson(obj: dict[str, Any]) -> str:
 def no_images(images: list[str] | None, model: str) -> None:
     if images:
         raise BadRequest(f"{model} cannot read images: ember's image input arrives with the vision models")
+
+
+# The 200 answers of routes that stream (as `stream` asks): documented, so the OpenAPI description is true.
+NDJSON_OK = {200: {"description": "One JSON object, or with stream=true one per line",
+                   "content": {"application/json": {}, "application/x-ndjson": {}}}}
+SSE_OK = {200: {"description": "One JSON object, or with stream=true server-sent events",
+                "content": {"application/json": {}, "text/event-stream": {}}}}
+
+# What a model name and a digest look like, in the OpenAPI description only: the store checks them itself, with
+# messages that say what is wrong (a pydantic pattern error would not).
+_NAME_PART = "[A-Za-z0-9][A-Za-z0-9._-]{0,79}"
+ModelNameField = Annotated[str, WithJsonSchema(
+    {"type": "string", "pattern": f"^{_NAME_PART}(:{_NAME_PART})?$", "description": "a model name: 'smollm2', "
+     "'mymodel:v1'"})]
+OptionalModelName = Annotated[str | None, WithJsonSchema(
+    {"type": "string", "pattern": f"^{_NAME_PART}(:{_NAME_PART})?$"})]
+DigestField = Annotated[str, WithJsonSchema({"type": "string", "pattern": "^sha256[:-][0-9a-fA-F]{64}$"})]

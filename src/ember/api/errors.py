@@ -8,6 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ember.api.routes import allowed_methods
 from ember.core.errors import Busy, EmberError, disk_error
 
 log = logging.getLogger("ember.api")
@@ -31,7 +32,7 @@ def describe_validation(exc: RequestValidationError) -> str:
         if err.get("type") == "json_invalid":
             return f"malformed JSON in request body: {err.get('ctx', {}).get('error', err.get('msg'))}"
         if err.get("type") == "missing":
-            parts.append(f"'{'.'.join(loc)}' is required")
+            parts.append(f"'{'.'.join(loc)}' is required" if loc else "a JSON body is required")
         elif loc:
             parts.append(f"'{'.'.join(loc)}': {err.get('msg')} (got {err.get('input')!r:.80})")
         else:
@@ -56,9 +57,12 @@ def install(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
+        headers = exc.headers
         if exc.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path}"
-        return error_response(request, exc.status_code, message)
+            allowed = allowed_methods(request.app.routes, request.scope)
+            message = f"method {request.method} is not allowed on {request.url.path} (allowed: {', '.join(allowed)})"
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        return error_response(request, exc.status_code, message, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
@@ -68,3 +72,19 @@ def install(app: FastAPI) -> None:
             return error_response(request, full.status, full.message)
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(request, 500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+_ERROR_BODY = {"type": "object", "required": ["error"],
+               "properties": {"error": {"description": "what was wrong and what to do: a string in the Ollama "
+                                        "dialect (/api), an object with a message in the OpenAI one (/v1)"}}}
+_ERROR_STATUSES = {400: "Bad request: the message names the field or limit", 401: "No API key, or a wrong one",
+                   403: "A foreign web page, a rebinding Host, or a key whose scope is too small",
+                   404: "No such model, blob, job or endpoint", 405: "Method not allowed",
+                   408: "The generation ran past EMBER_REQUEST_TIMEOUT",
+                   413: "The body or upload is larger than its limit", 499: "The client went away",
+                   503: "Busy (see Retry-After) or shutting down", 507: "The disk is full"}
+
+# Every route may answer these: documented once for all, so that the OpenAPI description tells clients (and
+# schemathesis) the truth.
+ERROR_RESPONSES = {status: {"description": text, "content": {"application/json": {"schema": _ERROR_BODY}}}
+                   for status, text in _ERROR_STATUSES.items()}

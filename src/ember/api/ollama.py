@@ -36,7 +36,7 @@ class Body(BaseModel):
 
 
 class GenerateBody(Body):
-    model: str
+    model: common.ModelNameField
     prompt: str | None = ""
     suffix: str | None = None
     system: str | None = None
@@ -69,7 +69,7 @@ class ChatMessage(Body):
 
 
 class ChatBody(Body):
-    model: str
+    model: common.ModelNameField
     messages: list[ChatMessage] = Field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
     format: str | dict[str, Any] | None = None
@@ -80,7 +80,7 @@ class ChatBody(Body):
 
 
 class EmbedBody(Body):
-    model: str
+    model: common.ModelNameField
     input: str | list[str] = Field(default_factory=list)
     truncate: bool = True
     options: dict[str, Any] | None = None
@@ -88,15 +88,15 @@ class EmbedBody(Body):
 
 
 class LegacyEmbedBody(Body):
-    model: str
+    model: common.ModelNameField
     prompt: str = ""
     options: dict[str, Any] | None = None
     keep_alive: KeepAlive = None
 
 
 class NameBody(Body):
-    model: str | None = None
-    name: str | None = None  # older clients send `name`
+    model: common.OptionalModelName = None
+    name: common.OptionalModelName = None  # older clients send `name`
 
     @property
     def target(self) -> str:
@@ -110,8 +110,8 @@ class ShowBody(NameBody):
 
 
 class CopyBody(Body):
-    source: str
-    destination: str
+    source: common.ModelNameField
+    destination: common.ModelNameField
 
 
 class PullBody(NameBody):
@@ -163,7 +163,7 @@ async def _load_only(request: Request, model: str, options, keep_alive, key: str
     return {"model": model, "created_at": common.iso(), key: empty, "done": True, "done_reason": reason}
 
 
-@router.post("/api/generate")
+@router.post("/api/generate", responses=common.NDJSON_OK)
 async def generate(body: GenerateBody, request: Request):
     common.no_images(body.images, body.model)
     if body.suffix:
@@ -197,7 +197,7 @@ def _message(m: ChatMessage, model: str) -> Message:
     return Message(m.role, m.content or "", tool_calls=calls, tool_name=m.tool_name)
 
 
-@router.post("/api/chat")
+@router.post("/api/chat", responses=common.NDJSON_OK)
 async def chat(body: ChatBody, request: Request):
     options = parse_options(body.options)
     keep_alive = parse_keep_alive(body.keep_alive)
@@ -315,14 +315,14 @@ def _progress(progress) -> dict[str, Any]:
     return out
 
 
-@router.post("/api/pull")
+@router.post("/api/pull", responses=common.NDJSON_OK)
 async def pull(body: PullBody, request: Request):
     name, store = body.target, common.store(request)
     job = Job("pull", f"pull {name}", lambda report: store.pull(name, report))
     return await job_response(request, job, _progress, body.stream)
 
 
-@router.post("/api/create")
+@router.post("/api/create", responses=common.NDJSON_OK)
 async def create(body: CreateBody, request: Request):
     name, store = body.target, common.store(request)
     if body.quantize:
@@ -357,9 +357,9 @@ def _create_spec(body: CreateBody) -> CreateSpec:
 
 
 @router.head("/api/blobs/{digest}")
-async def blob_exists(digest: str, request: Request):
+async def blob_exists(digest: common.DigestField, request: Request):
     found = common.store(request).blobs.has(normalize_digest(digest))
-    return Response(status_code=200 if found else 404)
+    return Response(status_code=200 if found else 404, media_type="application/json")
 
 
 @dataclass
@@ -388,7 +388,7 @@ def upload_limit(settings: Settings, folder: Path, declared: str | None) -> Uplo
 
 
 @router.post("/api/blobs/{digest}", status_code=201)
-async def blob_upload(digest: str, request: Request):
+async def blob_upload(digest: common.DigestField, request: Request):
     expected = normalize_digest(digest)
     blobs = common.store(request).blobs
     if blobs.has(expected):

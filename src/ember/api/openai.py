@@ -31,7 +31,7 @@ class Body(BaseModel):
     # Unknown fields are kept so that ember options can ride along with the OpenAI ones.
     model_config = ConfigDict(extra="allow")
 
-    model: str
+    model: common.ModelNameField
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -77,7 +77,7 @@ class CompletionBody(Body):
 
 class EmbeddingsBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    model: str
+    model: common.ModelNameField
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
@@ -160,7 +160,7 @@ def _core(body: Body, **fields) -> GenerateRequest:
                            keep_alive=parse_keep_alive(body.keep_alive), stream=body.stream, **fields)
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=common.SSE_OK)
 async def chat_completions(body: ChatBody, request: Request):
     if body.tool_choice not in (None, "auto", "none", "required") and not isinstance(body.tool_choice, dict):
         raise BadRequest("tool_choice must be 'auto', 'none', 'required' or {'type': 'function', 'function': {...}}")
@@ -202,7 +202,7 @@ async def chat_completions(body: ChatBody, request: Request):
             "usage": _usage(done)}
 
 
-@router.post("/completions")
+@router.post("/completions", responses=common.SSE_OK)
 async def completions(body: CompletionBody, request: Request):
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1:
@@ -267,6 +267,6 @@ async def list_models(request: Request):
 
 
 @router.get("/models/{name:path}")
-async def get_model(name: str, request: Request):
+async def get_model(name: common.ModelNameField, request: Request):
     model = await asyncio.to_thread(common.store(request).get, name)
     return _model_entry(model.name, model.modified_at)

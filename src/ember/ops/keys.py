@@ -23,6 +23,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ember.api import errors
+from ember.api.routes import flat_routes
 from ember.core.errors import BadRequest, NotFound
 from ember.fsutil import atomic_file, make_dirs
 
@@ -182,15 +183,6 @@ def presented_key(headers: dict[str, str]) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return headers.get("x-api-key", "").strip() or None
-
-
-def flat_routes(routes) -> list:
-    """Every route of an app, through included routers."""
-    found = []
-    for route in routes:
-        inner = getattr(route, "original_router", None)
-        found.extend(flat_routes(inner.routes) if inner is not None else [route])
-    return found
 
 
 class KeyGuard:
