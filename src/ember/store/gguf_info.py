@@ -11,6 +11,7 @@ CVE-2026-7482 read heap memory through such offsets; CVE-2025-0315/0317 were all
 Nothing is allocated in proportion to a declared count before the bytes for it are known to be there.
 """
 
+import math
 import mmap
 import os
 import struct
@@ -329,6 +330,15 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) else 0
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (a float field can hold them) as None: JSON has no way to write them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 @lru_cache(maxsize=64)
 def _cached(path: str, size: int, mtime: float) -> GGUFInfo:
     try:
@@ -352,7 +362,7 @@ def _cached(path: str, size: int, mtime: float) -> GGUFInfo:
         bos_token=_token(meta, named, "bos"),
         eos_token=_token(meta, named, "eos"),
         is_lora_adapter=meta.get("general.type") == "adapter",
-        model_info={k: v for k, v in meta.items()
+        model_info={k: _json_safe(v) for k, v in meta.items()
                     if not isinstance(v, _LongArray) and k != "tokenizer.chat_template"},
     )
 
