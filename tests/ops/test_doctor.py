@@ -144,11 +144,12 @@ def test_a_keys_file_others_can_read_fails(home):
     assert failure.fix == f"chmod 600 {home.keys_file}"
 
 
-def test_a_keys_file_that_is_not_json_fails(home):
-    home.keys_file.write_text("{oops")
+@pytest.mark.parametrize("text", ["{oops", "{}", '{"keys": [{"name": "a"}]}'])
+def test_a_keys_file_that_serve_would_refuse_fails(home, text):
+    home.keys_file.write_text(text)
     home.keys_file.chmod(0o600)
     failure = only(check(home), name="keys")
-    assert "is not valid JSON" in failure.message
+    assert "is damaged" in failure.message and "refuses to start" in failure.fix
 
 
 def test_fix_clears_what_it_may_and_a_second_run_is_clean(home, models):

@@ -153,3 +153,18 @@ async def test_keys_damaged_while_serving_keep_the_last_good_ones(make_runtime):
         keys.path.write_text("{damaged")
         assert (await http.get("/api/tags")).status_code == 401
         assert (await http.get("/api/tags", headers={"Authorization": f"Bearer {key}"})).status_code == 200
+
+
+async def test_backups_over_http_need_an_admin_key(make_runtime, tmp_path):
+    app = keyed_app(make_runtime)
+    async with client(app) as http:
+        for key in ("user-key", "manager-key"):
+            r = await http.post("/api/backup", json={"stream": False}, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 403 and "'admin'" in r.json()["error"]
+        root = {"Authorization": "Bearer root-key"}
+        r = await http.post("/api/backup", json={"stream": False}, headers=root)
+        assert r.status_code == 200 and r.json()["status"] == "success", r.text
+        made = r.json()["name"]
+        assert sorted(r.json()["models"]) == ["a:latest", "b:latest", "c:latest"]
+        listed = (await http.get("/api/backups", headers=root)).json()["backups"]
+        assert [b["name"] for b in listed] == [made] and listed[0]["with_models"] is False

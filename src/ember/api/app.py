@@ -1,5 +1,6 @@
 """The HTTP server: one app that speaks both the Ollama (/api) and OpenAI (/v1) dialects over one scheduler."""
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -7,9 +8,10 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 
 from ember import __version__
-from ember.api import errors, health, jobs, ollama, openai
+from ember.api import backups, errors, health, jobs, ollama, openai
 from ember.config import Settings
 from ember.engines.base import EngineFactory
+from ember.ops.backup import BackupSchedule
 from ember.ops.guards import BrowserGuard
 from ember.ops.keys import KeyGuard, Keyring
 from ember.ops.requests import RequestLog
@@ -82,7 +84,10 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
     async def lifespan(app: FastAPI):
         runtime.store.cleanup_partials()
         runtime.start()
+        backups = BackupSchedule(settings)  # nothing unless EMBER_BACKUP_EVERY is set
+        backups.start()
         yield
+        await asyncio.to_thread(backups.stop)
         await runtime.close()
 
     app = FastAPI(title="ember", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None,
@@ -94,6 +99,7 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
     app.include_router(openai.router)
     app.include_router(jobs.router)
     app.include_router(health.router)
+    app.include_router(backups.router)
     # Outermost last. A request passes: the request log (id, metrics), the browser guard (so nothing else runs for a
     # refused page), CORS (headers, and preflights answered, for origins that passed), the key check, then the body.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

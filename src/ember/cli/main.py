@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ember import __version__
+from ember.cli import backup as backup_cli
 from ember.cli import chat as chat_cli
 from ember.cli import doctor as doctor_cli
 from ember.cli import keys as keys_cli
@@ -197,6 +198,8 @@ def export(model: str, directory: Path):
 
 app.add_typer(keys_cli.keys_app, name="keys")
 app.command()(doctor_cli.doctor)
+app.add_typer(backup_cli.backup_app, name="backup")
+app.command()(backup_cli.restore)
 
 bench_app = typer.Typer(no_args_is_help=True, help="Measure speed against the tools ember replaces.")
 app.add_typer(bench_app, name="bench")
@@ -230,7 +233,9 @@ def version():
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # without standalone mode a typer.Exit(n) comes back as n
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except EmberError as e:
         # One line whatever the width, and a message may hold [brackets] that are not markup.
         err.print(f"[red]Error:[/red] {escape(e.message)}", highlight=False, soft_wrap=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Iterable
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ember.config import Settings
 from ember.core.errors import BadRequest, EmberError
 from ember.fsutil import TMP_PREFIX, remove_partials
+from ember.ops.keys import KeysFile
 from ember.store import bundled, manifests
 from ember.store.manifests import Manifest, layer_kind
 from ember.store.names import parse_name
@@ -430,15 +430,16 @@ def _check_keys(settings: Settings, fix: bool) -> Iterable[Check]:
             else:
                 yield Check("keys", Status.FAIL, f"{path} can be read or written by other users (mode {mode:04o})",
                             f"chmod 600 {path}")
-        json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        yield Check("keys", Status.FAIL, f"{path} is not valid JSON: {e}",
-                    f"repair {path} or restore it from a backup; without it no API key is accepted")
+        keys = KeysFile(path).read()
+    except BadRequest as e:  # `ember serve` would refuse to start with it
+        yield Check("keys", Status.FAIL, e.message,
+                    f"repair {path} or restore it from a backup (`ember restore`); until then ember serve refuses "
+                    "to start")
     except OSError as e:
         yield Check("keys", Status.FAIL, f"cannot check {path}: {e.strerror}", f"check who owns {path}")
     else:
         if not mode & 0o077:
-            yield Check("keys", Status.OK, f"{path} is private and valid JSON")
+            yield Check("keys", Status.OK, f"{path} is private and holds {_plural(len(keys), 'key')}")
 
 
 # -- all together ------------------------------------------------------------------------------------------------------

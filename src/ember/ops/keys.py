@@ -66,6 +66,8 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
     **{(method, path): Access.MANAGE for method, path in (
         ("POST", "/api/copy"), ("DELETE", "/api/delete"), ("POST", "/api/pull"), ("POST", "/api/create"),
         ("HEAD", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}"), ("DELETE", "/api/jobs/{job_id}"))},
+    ("POST", "/api/backup"): Access.ADMIN,
+    ("GET", "/api/backups"): Access.ADMIN,
 }
 
 
