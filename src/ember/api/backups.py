@@ -13,7 +13,7 @@ router = APIRouter()
 
 
 class BackupBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "stream": 0 is a mistake here, not a false
 
     with_models: bool = False
     stream: bool = True

@@ -44,7 +44,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(EmberError)
     async def _ember(request: Request, exc: EmberError):
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
-        if exc.status >= 500:
+        if exc.status >= 500 and not isinstance(exc, Busy):  # a full queue is the server working as meant
             log.error("%s %s: %s", request.method, request.url.path, exc.message)
         return error_response(request, exc.status, exc.message, headers)
 
@@ -64,12 +64,19 @@ def install(app: FastAPI) -> None:
             headers = {**(headers or {}), "Allow": ", ".join(allowed)}
         return error_response(request, exc.status_code, message, headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        full = disk_error(exc) if isinstance(exc, OSError) else None
+    # Its own handler: Starlette answers a bare-Exception handler's response and then raises the error again (a
+    # traceback, a dropped connection); a full disk is an answer, not a crash.
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError):
+        full = disk_error(exc)
         if full:
             log.error("%s %s: %s", request.method, request.url.path, full.message)
             return error_response(request, full.status, full.message)
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(request, 500, f"internal error: {type(exc).__name__}: {exc}")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(request, 500, f"internal error: {type(exc).__name__}: {exc}")
 
