@@ -13,6 +13,8 @@ from ember.cli.client import server_running
 from ember.cli.progress import run_job
 from ember.config import Settings
 from ember.core.errors import EmberError
+from ember.core.humanize import plural as _plural
+from ember.core.humanize import size as _size
 from ember.ops import backup as ops
 from ember.runtime.jobs import Job
 
@@ -21,18 +23,6 @@ err = Console(stderr=True, highlight=False)
 
 backup_app = typer.Typer(help="Back up models' manifests and Modelfiles, keys, conversations and collections (model "
                               "weights with --with-models); `ember backup ls` lists the backups.")
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return ""
-
-
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _names(names: list[str]) -> str:
@@ -105,14 +95,14 @@ def restore(
     if not yes:
         when = info.created.astimezone().strftime("%Y-%m-%d %H:%M:%S") if info.created else "an unknown date"
         weights = "with their weights" if info.with_models else "no weights: the current ones are kept"
-        if not typer.confirm(f"Restore the backup of {when} ({_count(len(info.models), 'model')}, {weights})? It "
+        if not typer.confirm(f"Restore the backup of {when} ({_plural(len(info.models), 'model')}, {weights})? It "
                              f"replaces everything in {settings.home} (except backups/) and the models in "
                              f"{settings.models}"):
             raise EmberError("nothing was restored")  # not typer.Exit: main() runs typer without standalone mode
     result = run_job(Job("restore", f"restore {archive.name}", lambda report: ops.restore(settings, archive, report)),
                      err)
-    out.print(f"restored {_count(len(result.models), 'model')}"
-              f"{': ' + _names(result.models) if result.models else ''}, and {_count(result.files, 'other file')}",
+    out.print(f"restored {_plural(len(result.models), 'model')}"
+              f"{': ' + _names(result.models) if result.models else ''}, and {_plural(result.files, 'other file')}",
               markup=False)
     if result.weights_missing:
         out.print(f"these models' weights are not on this machine: {_names(result.weights_missing)}; pull or "

@@ -19,6 +19,7 @@ from ember.cli.client import HttpClient, server_running
 from ember.cli.progress import run_job
 from ember.config import Settings
 from ember.core.errors import EmberError, disk_error
+from ember.core.humanize import size as _human
 from ember.runtime.jobs import Job
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run, serve and manage local language models.")
@@ -34,13 +35,6 @@ def _store():
     from ember.store.store import ModelStore
 
     return ModelStore(_settings().models)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
 
 
 def _ago(moment) -> str:

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from ember.config import Settings
 from ember.core.errors import BadRequest, EmberError
+from ember.core.humanize import plural as _plural
+from ember.core.humanize import size as _size
 from ember.fsutil import TMP_PREFIX, remove_partials
 from ember.ops.keys import KeysFile
 from ember.store import bundled, manifests
@@ -50,18 +52,6 @@ class Check:
 
     def to_dict(self) -> dict[str, str]:
         return {**asdict(self), "status": str(self.status)}
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return ""
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _remake(name: str) -> str:
