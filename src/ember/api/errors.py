@@ -72,8 +72,7 @@ def install(app: FastAPI) -> None:
         if full:
             log.error("%s %s: %s", request.method, request.url.path, full.message)
             return error_response(request, full.status, full.message)
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(request, 500, f"internal error: {type(exc).__name__}: {exc}")
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
