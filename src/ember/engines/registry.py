@@ -5,7 +5,6 @@ Each engine module is imported only when a model needs it, so that listing or sh
 """
 
 from ember.core.errors import BadRequest
-from ember.core.templates import CHATML, renders_tools
 from ember.engines.base import Capability, Engine, EngineFactory, LoadSpec
 from ember.store.store import Model, describe
 
@@ -47,10 +46,8 @@ def capabilities(model: Model) -> list[Capability]:
     info = model.info
     if f"{info.architecture}.pooling_type" in info.model_info:  # an encoder made for embeddings (BERT and kin)
         return [Capability.EMBEDDING]
-    found = [Capability.COMPLETION]
-    if renders_tools(model.chat_template or CHATML):
-        found.append(Capability.TOOLS)
-    return found
+    # Tools for every model that generates: its own template's form when it has one, else ember's generic form.
+    return [Capability.COMPLETION, Capability.TOOLS]
 
 
 def show(model: Model) -> dict:

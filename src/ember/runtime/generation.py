@@ -9,13 +9,14 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from ember.config import Settings
 from ember.core import templates
+from ember.core import tools as toolkit
 from ember.core.context import Fitted, answer_reserve, fit_after, fit_messages, too_long
 from ember.core.errors import BadRequest, EmberError
 from ember.core.options import Options
@@ -62,18 +63,28 @@ def build_prompt(engine: Generator, model: Model, request: GenerateRequest, opti
             raise refuse(len(tokens))
         return Fitted(tokens)
     source = chat_template(model, request)
-    if request.tools and not templates.renders_tools(source):
-        raise BadRequest(f"{model.name} does not support tools: its chat template has no place for them")
+    generic = generic_tools(model, request)
     info = model.info
 
     def render(messages: list[Message]) -> str:
-        return templates.render(source, [m.for_template() for m in messages], tools=request.tools,
+        tools = request.tools
+        if generic:  # the template cannot show tools: ember's own instructions, and calls as plain turns
+            messages = toolkit.plain_history(messages)
+            if request.tool_choice != "none":
+                messages = toolkit.with_instructions(messages, toolkit.describe_tools(tools))
+            tools = None
+        return templates.render(source, [m.for_template() for m in messages], tools=tools,
                                  bos_token=info.bos_token or "", eos_token=info.eos_token or "")
 
     if context:
         return after_context(engine, context, engine.tokenize(next_turn(render, request.prompt or "")), budget, refuse)
     return fit_messages(conversation(model, request), lambda messages: engine.tokenize(render(messages)), budget,
                         refuse)
+
+
+def generic_tools(model: Model, request: GenerateRequest) -> bool:
+    """Whether this request's tools go through ember's generic form: its template has no place for them."""
+    return bool(request.tools) and not templates.renders_tools(chat_template(model, request))
 
 
 def checked_context(engine: Generator, context: list[int] | None) -> list[int]:
@@ -105,12 +116,13 @@ def next_turn(render: Callable[[list[Message]], str], prompt: str) -> str:
     return text[at + len(_ANSWER_MARK):] if at >= 0 else render([Message("user", prompt)])
 
 
-def grammar_for(request: GenerateRequest) -> str | None:
+def grammar_for(request: GenerateRequest, generic: bool = False) -> str | None:
     """GBNF that enforces the requested output shape; the model cannot produce anything else."""
     choice = request.tool_choice
     if request.tools and (choice == "required" or isinstance(choice, dict)):
         only = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-        return _schema_grammar(forced_call_schema(request.tools, only))
+        call = _schema_grammar(forced_call_schema(request.tools, only))
+        return toolkit.tagged_call_grammar(call) if generic else call
     fmt = request.format
     if fmt in (None, ""):
         return None
@@ -150,7 +162,9 @@ class Generation:
         if max_prompt_tokens and len(self.tokens) > max_prompt_tokens:
             raise BadRequest(f"the prompt is {len(self.tokens)} tokens, more than this server's limit of "
                              f"{max_prompt_tokens} (EMBER_MAX_PROMPT_TOKENS); shorten it or raise the limit")
-        self.grammar = grammar_for(request)
+        generic = generic_tools(model, request)
+        self.grammar = grammar_for(request, generic)
+        self.calls_only = generic and self.grammar is not None  # a forced call in ember's generic form
         room = engine.n_ctx - len(self.tokens)
         self.max_tokens = min(options.num_predict, room) if options.num_predict > 0 else room
         self.cancel = threading.Event()
@@ -172,6 +186,8 @@ class Generation:
         text = self.stream.feed(self.engine.token_bytes(token))
         if text and not self.hold:
             self.emit(Token(text))
+        if self.calls_only and text and toolkit.repeats_a_call(self.stream.text):
+            return False
         return not self.stream.stopped
 
     def ended(self, reason: str, error: BaseException | None = None) -> None:
@@ -203,6 +219,59 @@ class Generation:
                  f", dropped {done.truncated_messages} messages, {done.truncated_tokens} tokens"
                  if done.truncated else "")
         self.emit(done)
+
+
+class ToolDecision:
+    """The engine sequence that answers `decision_question` with yes or no, greedily; `tool_choice: auto` on a model
+    without a tools template becomes "required" or "none" by it."""
+
+    grammar = 'root ::= "yes" | "no"'
+    max_tokens = 4
+
+    def __init__(self, engine: Generator, model: Model, request: GenerateRequest, options: Options, question: str,
+                 done: Callable[[str], None]):
+        info = model.info
+        prompt = templates.render(chat_template(model, request), [{"role": "user", "content": question}],
+                                  bos_token=info.bos_token or "", eos_token=info.eos_token or "")
+        self.tokens = engine.tokenize(prompt)[-(engine.n_ctx - self.max_tokens):]
+        self.options = options.model_copy(update={"temperature": 0.0, "repeat_penalty": 1.0})
+        self.engine, self.done = engine, done
+        self.cancel = threading.Event()
+        self.answer = b""
+
+    def started(self, cached: int) -> None:
+        pass
+
+    def token(self, token: int) -> bool:
+        self.answer += self.engine.token_bytes(token)
+        return True
+
+    def ended(self, reason: str, error: BaseException | None = None) -> None:
+        self.done(self.answer.decode(errors="replace") if reason != "error" else "")
+
+
+async def decide_tools(engine: Generator, model: Model, request: GenerateRequest, options: Options) -> str:
+    """"required" or "none" for a request whose `tool_choice` is auto and whose model has no tools template."""
+    asked = toolkit.decision_question(request.messages or [], request.tools or [])
+    if asked is None:
+        return "none"
+    question, call_answer = asked
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+
+    def done(text: str) -> None:
+        loop.call_soon_threadsafe(lambda: answer.done() or answer.set_result(text))
+
+    decision = await asyncio.to_thread(ToolDecision, engine, model, request, options, question, done)
+    engine.submit(decision)
+    try:
+        said = await answer
+    finally:
+        decision.cancel.set()
+    choice = "required" if said.strip() == call_answer else "none"
+    log.info("%s: tools offered in ember's generic form; the model %s", model.name,
+             "calls one" if choice == "required" else "answers in text")
+    return choice
 
 
 class TimedOut(EmberError):
@@ -246,21 +315,32 @@ async def generate(scheduler: Scheduler, store: ModelStore, settings: Settings,
                     job.cancel.set()
 
         try:
-            job = await asyncio.to_thread(Generation, engine, p.model, request, options, emit, lease.load_ns,
-                                          settings.max_prompt_tokens)
-            engine.submit(job)
-            while True:
-                try:
-                    event = await asyncio.wait_for(events.get(), deadline - time.monotonic() if deadline else None)
-                except TimeoutError:
-                    raise TimedOut(f"the generation ran past this server's limit of {settings.request_timeout:g} s "
-                                   "(EMBER_REQUEST_TIMEOUT) and was stopped; ask for fewer tokens (num_predict) or "
-                                   "raise the limit") from None
-                if isinstance(event, Failed):
-                    raise event.error
-                yield event
-                if isinstance(event, Done):
-                    return
+            decided = request.tools and request.tool_choice in (None, "auto") and generic_tools(p.model, request)
+            if decided:
+                request = replace(request, tool_choice=await decide_tools(engine, p.model, request, options))
+            while True:  # twice at most: a decided call that only repeats answered ones gives way to a text answer
+                job = await asyncio.to_thread(Generation, engine, p.model, request, options, emit, lease.load_ns,
+                                              settings.max_prompt_tokens)
+                engine.submit(job)
+                while True:
+                    try:
+                        event = await asyncio.wait_for(events.get(),
+                                                       deadline - time.monotonic() if deadline else None)
+                    except TimeoutError:
+                        raise TimedOut(f"the generation ran past this server's limit of "
+                                       f"{settings.request_timeout:g} s (EMBER_REQUEST_TIMEOUT) and was stopped; ask "
+                                       "for fewer tokens (num_predict) or raise the limit") from None
+                    if isinstance(event, Failed):
+                        raise event.error
+                    if (decided and isinstance(event, Done) and request.tool_choice == "required"
+                            and toolkit.answered(event.tool_calls, request.messages or [])):
+                        log.info("%s: the call repeats one already answered; the model answers in text instead",
+                                 p.model.name)
+                        request, decided = replace(request, tool_choice="none"), False
+                        break
+                    yield event
+                    if isinstance(event, Done):
+                        return
         finally:
             if job:
                 job.cancel.set()
