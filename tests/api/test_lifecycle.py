@@ -20,7 +20,7 @@ LONG = {"type": "array", "items": {"type": "integer"}, "minItems": 2000}
 
 def loaded(api) -> dict:
     """The models loaded for generation (a model loaded for embeddings is listed apart)."""
-    return {m["name"]: m for m in api.get("/api/ps").json()["models"] if not m["embedding"]}
+    return {m["name"]: m for m in api.get("/api/ps").json()["models"] if "generate" in m["loaded_for"]}
 
 
 def test_empty_prompt_loads_and_keep_alive_zero_unloads(make_server):

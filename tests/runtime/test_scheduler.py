@@ -198,6 +198,8 @@ async def test_embedding_and_generation_load_apart_and_ps_shows_the_engine_statu
     app = create_app(runtime.settings, runtime=runtime)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://127.0.0.1") as http:
         ps = (await http.get("/api/ps")).json()["models"]
-    assert [(m["name"], m["embedding"], m["size"], m["device"], m["slots"]) for m in ps] == [
-        ("a:latest", False, 100, "fake", 4), ("a:latest", True, 100, "fake", 1)]
+    # One entry for the model (as Ollama lists it), with what it is loaded for and each engine under it.
+    assert [(m["name"], m["loaded_for"], m["size"], m["device"], m["slots"]) for m in ps] == [
+        ("a:latest", ["generate", "embed"], 200, "fake", 5)]
+    assert [(e["for"], e["size"], e["slots"]) for e in ps[0]["engines"]] == [("generate", 100, 4), ("embed", 100, 1)]
     await runtime.close()

@@ -93,11 +93,12 @@ def ps():
     if not server_running(settings):
         out.print(f"no ember server is running at {settings.base_url}; nothing is loaded")
         return
-    table = Table("NAME", "ID", "SIZE", "CONTEXT", "SLOTS", "THREADS", "UNTIL", box=None, header_style="bold")
+    table = Table("NAME", "ID", "SIZE", "FOR", "CONTEXT", "SLOTS", "THREADS", "UNTIL", box=None,
+                  header_style="bold")
     for m in HttpClient(settings).request("GET", "/api/ps")["models"]:
-        name = m["name"] + (" (embeddings)" if m.get("embedding") else "")
-        table.add_row(name, m["digest"][:12], _human(m["size"]), str(m["context_length"]),
-                      f"{m.get('slots_busy', 0)}/{m.get('slots', 1)}", str(m.get("threads", "")), m["expires_at"])
+        table.add_row(m["name"], m["digest"][:12], _human(m["size"]), ", ".join(m.get("loaded_for", [])),
+                      str(m["context_length"]), f"{m.get('slots_busy', 0)}/{m.get('slots', 1)}",
+                      str(m.get("threads", "")), m["expires_at"])
     out.print(table)
 
 

@@ -64,7 +64,8 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
         ("GET", "/openapi.json"), ("HEAD", "/openapi.json"), ("GET", "/docs"), ("HEAD", "/docs"),
         ("GET", "/docs/oauth2-redirect"), ("HEAD", "/docs/oauth2-redirect"))},
     **{(method, path): Access.MANAGE for method, path in (
-        ("POST", "/api/copy"), ("DELETE", "/api/delete"), ("POST", "/api/pull"), ("POST", "/api/create"),
+        ("POST", "/api/copy"), ("DELETE", "/api/delete"), ("POST", "/api/pull"), ("POST", "/api/push"),
+        ("POST", "/api/create"),
         ("HEAD", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}"), ("DELETE", "/api/jobs/{job_id}"))},
     ("POST", "/api/backup"): Access.ADMIN,
     ("GET", "/api/backups"): Access.ADMIN,

@@ -202,6 +202,8 @@ class Generation:
         content, calls = self.stream.text, []
         if self.hold:
             content, calls = parse_tool_calls(self.stream.text, self.request.tools)
+            if self.calls_only:  # nothing but calls was admitted: what is left is a call cut off by the token limit
+                content = ""
             if content:
                 self.emit(Token(content))
             if calls:
