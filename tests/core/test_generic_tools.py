@@ -1,6 +1,5 @@
 """ember's generic tool form, for models whose chat template has no place for tools: the pieces without a model."""
 
-import json
 
 from llama_cpp import LlamaGrammar
 
@@ -33,10 +32,12 @@ def conversation() -> list[Message]:
 
 
 def test_the_description_names_every_tool_its_schema_and_the_call_form():
-    text = toolkit.describe_tools(TOOLS)
-    assert "- get_weather: Current weather in a city. Arguments (JSON schema): " in text
-    assert json.dumps(TOOLS[0]["function"]["parameters"]) in text
-    assert "- get_time. Arguments" in text and '<tool_call>{"name": "TOOL NAME"' in text
+    text = toolkit.describe_tools([*TOOLS, {"type": "function", "function": {
+        "name": "forecast", "description": "Forecast.\n  Several days.", "parameters": {"type": "object", "properties": {
+            "city": {"type": "string"}, "units": {"enum": ["c", "f"]}, "days": {}}, "required": ["city"]}}}])
+    assert "- get_weather(city: string): Current weather in a city\n- get_time()\n" in text
+    assert '- forecast(city: string, units?: "c"|"f", days?: any): Forecast. Several days' in text
+    assert '<tool_call>{"name": "TOOL NAME"' in text
 
 
 def test_instructions_go_at_the_head_of_the_system_prompt():

@@ -92,14 +92,27 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> tuple[str, list[
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 
 
+def _signature(parameters: dict[str, Any]) -> str:
+    """`city: string, days?: integer` from a parameter schema: compact, because clients send dozens of tools (Open
+    WebUI 36, 26 KB of JSON) and the grammar, not the prompt, holds the model to the full schema."""
+    props = parameters.get("properties") or {}
+    required = set(parameters.get("required") or [])
+    parts = []
+    for name, schema in props.items():
+        kind = schema.get("type") if isinstance(schema, dict) else None
+        if isinstance(schema, dict) and "enum" in schema:
+            kind = "|".join(json.dumps(v, ensure_ascii=False) for v in schema["enum"])
+        parts.append(f"{name}{'' if name in required else '?'}: {kind or 'any'}")
+    return ", ".join(parts)
+
+
 def describe_tools(tools: list[dict[str, Any]]) -> str:
     """The instructions a generic-tools prompt carries (documented in the README's "Tools for every model")."""
     lines = ["You can call these tools:"]
     for tool in tools:
         fn = tool["function"]
-        about = (fn.get("description") or "").strip().rstrip(".")
-        params = json.dumps(fn.get("parameters") or {"type": "object"}, ensure_ascii=False)
-        lines.append(f"- {fn['name']}{': ' + about if about else ''}. Arguments (JSON schema): {params}")
+        about = " ".join((fn.get("description") or "").split())[:200].rstrip(".")
+        lines.append(f"- {fn['name']}({_signature(fn.get('parameters') or {})}){': ' + about if about else ''}")
     lines += ["", "To call a tool, reply with only:",
               f'{CALL_OPEN}{{"name": "TOOL NAME", "arguments": {{ARGUMENTS}}}}{CALL_CLOSE}',
               "When no tool fits, or the results of earlier calls answer the request, reply in plain text."]

@@ -321,8 +321,16 @@ async def generate(scheduler: Scheduler, store: ModelStore, settings: Settings,
             if decided:
                 request = replace(request, tool_choice=await decide_tools(engine, p.model, request, options))
             while True:  # twice at most: a decided call that only repeats answered ones gives way to a text answer
-                job = await asyncio.to_thread(Generation, engine, p.model, request, options, emit, lease.load_ns,
-                                              settings.max_prompt_tokens)
+                try:
+                    job = await asyncio.to_thread(Generation, engine, p.model, request, options, emit,
+                                                  lease.load_ns, settings.max_prompt_tokens)
+                except BadRequest as e:
+                    if not (decided and request.tool_choice == "required"):
+                        raise
+                    # The model chose to call, but the tools' description does not fit beside the conversation.
+                    log.info("%s: %s; the model answers in text instead", p.model.name, e.message)
+                    request, decided = replace(request, tool_choice="none"), False
+                    continue
                 engine.submit(job)
                 while True:
                     try:
