@@ -8,7 +8,7 @@ STAMP     := $(VENV)/.ember-installed
 # A llama.cpp build that runs on any x86-64 CPU (no -march=native); measured the same speed here.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: setup run test test-fast lint bench clean system-deps
+.PHONY: setup run test test-fast lint bench clean system-deps compat
 
 setup: system-deps $(STAMP)
 	@$(EMBER) pull smollm2 --quiet
@@ -45,6 +45,24 @@ bench: setup
 	$(PY) -m ember.bench.llama_server
 	$(PY) bench/generate_overhead.py
 	$(PY) bench/serve.py
+
+# A real client against ember, not part of `make test`: Open WebUI (in its own environment, .compat/venv, ~3 GB) and
+# ember started offline on loopback, Open WebUI's page driven in headless Chromium (Debian's, through playwright).
+# Screenshots, report.json and the logs go to compat/screenshots/. See compat/run_open_webui.py.
+COMPAT_VENV   := .compat/venv
+COMPAT_STAMP  := $(COMPAT_VENV)/.compat-installed
+# Open WebUI 0.12.4 needs Python 3.11 or 3.12.
+COMPAT_PYTHON ?= python3
+
+compat: setup $(COMPAT_STAMP)
+	@bash scripts/install-chromium
+	$(COMPAT_VENV)/bin/python compat/run_open_webui.py
+
+$(COMPAT_STAMP): compat/requirements.txt
+	test -x $(COMPAT_VENV)/bin/python || $(COMPAT_PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(COMPAT_VENV)/bin/python -m pip install --quiet -r compat/requirements.txt
+	touch $(COMPAT_STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
