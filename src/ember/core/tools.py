@@ -157,10 +157,12 @@ def plain_history(messages: list[Message]) -> list[Message]:
 
 
 def _summary(tools: list[dict[str, Any]]) -> str:
+    """Each tool's name and the first sentence of its description: a small model answers the yes/no question worse
+    the longer the list (Open WebUI's 36 tools carry paragraphs)."""
     parts = []
     for tool in tools:
         fn = tool["function"]
-        about = (fn.get("description") or "").strip().rstrip(".")
+        about = " ".join((fn.get("description") or "").split()).split(". ")[0][:80].rstrip(".")
         parts.append(f"{fn['name']} ({about})" if about else fn["name"])
     return "Tools: " + "; ".join(parts)
 
