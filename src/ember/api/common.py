@@ -1,10 +1,11 @@
 """Pieces both dialects share: reaching the runtime, starting a generation, serialising a stream."""
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -16,6 +17,14 @@ from ember.runtime.service import Runtime
 from ember.store.store import ModelStore
 
 log = logging.getLogger("ember.api")
+
+T = TypeVar("T")
+
+
+class ClientGone(EmberError):
+    """The client disconnected before its answer: the work was cancelled and this answer goes nowhere."""
+
+    status = 499  # nginx's code for it; the request log shows it
 
 
 def runtime(request: Request) -> Runtime:
@@ -35,9 +44,42 @@ def iso_time(seconds: float) -> str:
     return iso(datetime.fromtimestamp(seconds, UTC))
 
 
-async def start(events: AsyncIterator[Event]) -> tuple[Event, AsyncIterator[Event]]:
-    """Wait for the first event, so that a refused request (400, 404, 503) gets its status before any body is sent."""
-    first = await anext(events)
+async def _disconnected(request: Request) -> None:
+    # Once the body is read, uvicorn's receive() returns only when the client has gone (or the answer is complete).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, or ClientGone once `work` is cancelled because the client disconnected first: Starlette
+    cancels no handler when its client goes away, so a non-streamed answer would otherwise run to its end."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            # Its cleanup (the engine's cancel flag, an embedding batch in progress) ends before the handler does.
+            await asyncio.wait((task,))
+    if task in done:
+        return task.result()
+    gone.result()  # a failed receive() is a bug to see, not a disconnect
+    if not task.cancelled():
+        task.exception()  # retrieved: whatever it ended with, nobody is left to hear it
+    log.info("%s %s cancelled: the client disconnected before the answer", request.method, request.url.path)
+    raise ClientGone("the client disconnected")
+
+
+async def start(events: AsyncIterator[Event], request: Request) -> tuple[Event, AsyncIterator[Event]]:
+    """Wait for the first event, so that a refused request (400, 404, 503) gets its status before any body is sent;
+    a client that disconnects meanwhile (a model load, a long prompt) cancels the generation."""
+    try:
+        first = await unless_gone(request, anext(events))
+    except ClientGone:
+        await events.aclose()  # in case the cancelled wait never started it
+        raise
     return first, events
 
 
@@ -66,14 +108,26 @@ def stream(first: Event, events: AsyncIterator[Event], render: Callable[[Event],
             else:
                 yield ndjson({"error": e.message})
             return
+        except (asyncio.CancelledError, GeneratorExit):  # Starlette stops the body when the client disconnects
+            log.info("stream cancelled: the client disconnected")
+            raise
         for line in tail():
             yield line
 
     return StreamingResponse(body(), media_type=media_type)
 
 
-async def collect(first: Event, events: AsyncIterator[Event]) -> list[Event]:
-    return [event async for event in _rest(first, events)]
+async def collect(first: Event, events: AsyncIterator[Event], request: Request) -> list[Event]:
+    """Every event of a non-streamed answer; a client that disconnects first cancels the generation (within a step)."""
+
+    async def gather() -> list[Event]:
+        return [event async for event in _rest(first, events)]
+
+    try:
+        return await unless_gone(request, gather())
+    except ClientGone:
+        await events.aclose()  # in case the cancelled gathering never started
+        raise
 
 
 def ndjson(obj: dict[str, Any]) -> str:

@@ -175,7 +175,7 @@ async def generate(body: GenerateBody, request: Request):
     core = GenerateRequest(model=body.model, prompt=body.prompt, system=body.system, template=body.template,
                            raw=body.raw, options=options, preset=body.preset, format=body.format or None,
                            keep_alive=keep_alive, stream=body.stream, context=body.context)
-    first, events = await common.start(common.runtime(request).generate(core))
+    first, events = await common.start(common.runtime(request).generate(core), request)
 
     def chunk(event) -> dict[str, Any]:
         head = {"model": body.model, "created_at": common.iso()}
@@ -186,7 +186,7 @@ async def generate(body: GenerateBody, request: Request):
 
     if body.stream:
         return common.stream(first, events, lambda e: [common.ndjson(chunk(e))], "application/x-ndjson")
-    collected = await common.collect(first, events)
+    collected = await common.collect(first, events, request)
     done = collected[-1]
     return {**chunk(done), "response": done.text}
 
@@ -207,7 +207,7 @@ async def chat(body: ChatBody, request: Request):
     core = GenerateRequest(model=body.model, messages=[_message(m, body.model) for m in body.messages],
                            tools=body.tools or None, options=options, preset=body.preset, format=body.format or None,
                            keep_alive=keep_alive, stream=body.stream)
-    first, events = await common.start(common.runtime(request).generate(core))
+    first, events = await common.start(common.runtime(request).generate(core), request)
 
     def chunk(event) -> dict[str, Any]:
         head = {"model": body.model, "created_at": common.iso()}
@@ -220,7 +220,7 @@ async def chat(body: ChatBody, request: Request):
 
     if body.stream:
         return common.stream(first, events, lambda e: [common.ndjson(chunk(e))], "application/x-ndjson")
-    collected = await common.collect(first, events)
+    collected = await common.collect(first, events, request)
     done = collected[-1]
     final = chunk(done)
     final["message"]["content"] = done.text
@@ -230,9 +230,9 @@ async def chat(body: ChatBody, request: Request):
 @router.post("/api/embed")
 async def embed(body: EmbedBody, request: Request):
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    result = await common.runtime(request).embed(EmbedRequest(
+    result = await common.unless_gone(request, common.runtime(request).embed(EmbedRequest(
         model=body.model, inputs=inputs, options=parse_options(body.options),
-        keep_alive=parse_keep_alive(body.keep_alive), truncate=body.truncate))
+        keep_alive=parse_keep_alive(body.keep_alive), truncate=body.truncate)))
     return {"model": body.model, "embeddings": result.vectors, "total_duration": result.total_ns,
             "load_duration": result.load_ns, "prompt_eval_count": result.prompt_tokens}
 
@@ -240,9 +240,9 @@ async def embed(body: EmbedBody, request: Request):
 @router.post("/api/embeddings")
 async def embeddings(body: LegacyEmbedBody, request: Request):
     """The legacy route: one prompt, vector not normalised (as Ollama's)."""
-    result = await common.runtime(request).embed(EmbedRequest(
+    result = await common.unless_gone(request, common.runtime(request).embed(EmbedRequest(
         model=body.model, inputs=[body.prompt], options=parse_options(body.options),
-        keep_alive=parse_keep_alive(body.keep_alive), normalize=False))
+        keep_alive=parse_keep_alive(body.keep_alive), normalize=False)))
     return {"embedding": result.vectors[0]}
 
 
@@ -267,21 +267,47 @@ async def tags(request: Request):
                         "digest": m.digest, "details": details(m)} for m in models]}
 
 
+def _expires(at: float) -> str:
+    return "forever" if at == math.inf else common.iso_time(at)
+
+
 @router.get("/api/ps")
 async def ps(request: Request):
-    out = []
+    """One entry per loaded model (as Ollama lists them); a model loaded both to generate and to embed holds two
+    engines, listed under `engines` with what each is for."""
+    by_model: dict[str, list] = {}
     for loaded in common.runtime(request).loaded():
-        m, status = loaded.model, loaded.status()
-        expires = "forever" if loaded.expires_at == math.inf else common.iso_time(loaded.expires_at)
+        by_model.setdefault(loaded.model.digest, []).append(loaded)
+    out = []
+    for engines in by_model.values():
+        engines.sort(key=lambda e: e.spec.role is not Role.GENERATE)  # the generating engine first: its context
+        m, statuses = engines[0].model, [e.status() for e in engines]
+        size = sum(s.memory_bytes for s in statuses)
         out.append({
-            "name": m.name, "model": m.name, "size": status.memory_bytes, "digest": m.digest,
-            "details": details(m), "size_vram": 0 if status.device == "cpu" else status.memory_bytes,
-            "context_length": status.context, "expires_at": expires,
-            # ember's own: what the engine holds and how busy it is
-            "embedding": loaded.spec.role is Role.EMBED, "active_requests": loaded.active, "threads": status.threads,
-            "slots": status.slots, "slots_busy": status.busy_slots, "device": status.device,
+            "name": m.name, "model": m.name, "size": size, "digest": m.digest, "details": details(m),
+            "size_vram": sum(s.memory_bytes for s in statuses if s.device != "cpu"),
+            "context_length": statuses[0].context, "expires_at": _expires(max(e.expires_at for e in engines)),
+            # ember's own: what it is loaded for, and each engine's size and load
+            "loaded_for": [str(e.spec.role) for e in engines],
+            "active_requests": sum(e.active for e in engines), "slots": sum(s.slots for s in statuses),
+            "slots_busy": sum(s.busy_slots for s in statuses), "threads": statuses[0].threads,
+            "device": statuses[0].device,
+            "engines": [{"for": str(e.spec.role), "size": s.memory_bytes, "context_length": s.context,
+                         "slots": s.slots, "slots_busy": s.busy_slots, "active_requests": e.active,
+                         "threads": s.threads, "device": s.device, "expires_at": _expires(e.expires_at)}
+                        for e, s in zip(engines, statuses)],
         })
     return {"models": out}
+
+
+@router.post("/api/push")
+async def push(body: PullBody, request: Request):
+    """Ollama's push uploads to a registry; ember has none, so it says how to move a model instead."""
+    name = body.target
+    await asyncio.to_thread(common.store(request).get, name)  # an unknown model is a 404 that names it
+    raise BadRequest(f"ember has no registry to push {name} to. To move it to another machine: `ember export {name} "
+                     "DIR` writes its GGUF and a Modelfile; copy DIR there and run `ember create NAME -f "
+                     "DIR/Modelfile`")
 
 
 @router.post("/api/show")

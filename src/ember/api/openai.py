@@ -166,7 +166,7 @@ async def chat_completions(body: ChatBody, request: Request):
         raise BadRequest("tool_choice must be 'auto', 'none', 'required' or {'type': 'function', 'function': {...}}")
     core = _core(body, messages=[_message(m, i) for i, m in enumerate(body.messages)],
                  format=_format(body.response_format), tools=body.tools or None, tool_choice=body.tool_choice)
-    first, events = await common.start(common.runtime(request).generate(core))
+    first, events = await common.start(common.runtime(request).generate(core), request)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model,
             "system_fingerprint": "fp_ember"}
 
@@ -193,7 +193,7 @@ async def chat_completions(body: ChatBody, request: Request):
 
         return common.stream(first, events, render, "text/event-stream", tail=lambda: ["data: [DONE]\n\n"])
 
-    done = (await common.collect(first, events))[-1]
+    done = (await common.collect(first, events, request))[-1]
     message: dict[str, Any] = {"role": "assistant", "content": done.text or (None if done.tool_calls else "")}
     if done.tool_calls:
         message["tool_calls"] = _tool_calls(done.tool_calls)
@@ -210,7 +210,7 @@ async def completions(body: CompletionBody, request: Request):
     if body.suffix:
         raise BadRequest("suffix (fill-in-the-middle) is not supported yet")
     core = _core(body, prompt=prompts[0], raw=True)
-    first, events = await common.start(common.runtime(request).generate(core))
+    first, events = await common.start(common.runtime(request).generate(core), request)
     head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
             "model": body.model, "system_fingerprint": "fp_ember"}
     echo = prompts[0] if body.echo else ""
@@ -230,7 +230,7 @@ async def completions(body: CompletionBody, request: Request):
 
         return common.stream(first, events, render, "text/event-stream", tail=lambda: ["data: [DONE]\n\n"])
 
-    done = (await common.collect(first, events))[-1]
+    done = (await common.collect(first, events, request))[-1]
     return {**head, **_truncation(done), "usage": _usage(done),
             "choices": [{"index": 0, "text": echo + done.text, "finish_reason": FINISH[done.reason], "logprobs": None}]}
 
@@ -238,8 +238,8 @@ async def completions(body: CompletionBody, request: Request):
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingsBody, request: Request):
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    result = await common.runtime(request).embed(EmbedRequest(
-        model=body.model, inputs=inputs, keep_alive=parse_keep_alive(body.keep_alive)))
+    result = await common.unless_gone(request, common.runtime(request).embed(EmbedRequest(
+        model=body.model, inputs=inputs, keep_alive=parse_keep_alive(body.keep_alive))))
     vectors = result.vectors
     if body.dimensions:
         if body.dimensions > len(vectors[0] if vectors else []):

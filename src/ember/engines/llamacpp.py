@@ -283,6 +283,10 @@ class LlamaCppGenerator(_Vocabulary):
                         self._finish(slot, "error", e)
 
     def _admit(self) -> None:
+        # A request that went away while it waited for a slot ends now, not when a slot frees.
+        for seq in [s for s in self._incoming if s.cancel.is_set()]:
+            self._incoming.remove(seq)
+            seq.ended("cancelled")
         while self._incoming:
             free = [s for s in self._slots if s.seq is None]
             if not free:

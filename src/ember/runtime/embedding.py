@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import math
+import threading
 import time
 
 from ember.config import Settings
@@ -15,6 +16,10 @@ from ember.store.store import ModelStore
 
 log = logging.getLogger("ember.embedding")
 
+# Inputs reach the engine at most this many tokens at a time (llama.cpp's usual batch), so that a cancelled request
+# stops at the next batch rather than after one decode of all it sent; a batch this size keeps the kernels as busy.
+BATCH_TOKENS = 512
+
 
 async def embed(scheduler: Scheduler, store: ModelStore, settings: Settings, request: EmbedRequest) -> Embeddings:
     p = await asyncio.to_thread(plan, store, settings, request.model, request.options, None, Role.EMBED)
@@ -23,14 +28,25 @@ async def embed(scheduler: Scheduler, store: ModelStore, settings: Settings, req
         if not isinstance(engine, Embedder):
             raise BadRequest(f"{p.model.name} cannot embed text")
         started = time.perf_counter_ns()
-        vectors, count = await asyncio.to_thread(_embed, engine, request)
+        cancel = threading.Event()
+        work = asyncio.ensure_future(asyncio.to_thread(_embed, engine, request, cancel))
+        try:
+            vectors, count = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            # The lease is held until the batch in progress ends: the engine must not be unloaded under it.
+            await asyncio.wait((work,))
+            work.exception()  # retrieved: nobody is left to hear of it
+            raise
         return Embeddings(vectors, count, load_ns=lease.load_ns, total_ns=time.perf_counter_ns() - started
                           + lease.load_ns)
 
 
-def _embed(engine: Embedder, request: EmbedRequest) -> tuple[list[list[float]], int]:
+def _embed(engine: Embedder, request: EmbedRequest, cancel: threading.Event) -> tuple[list[list[float]], int]:
     token_lists = []
     for i, text in enumerate(request.inputs):
+        if cancel.is_set():  # tokenizing thousands of inputs takes a while too
+            break
         tokens = engine.tokenize(text, special=False)
         if len(tokens) > engine.n_ctx:
             if not request.truncate:
@@ -39,10 +55,29 @@ def _embed(engine: Embedder, request: EmbedRequest) -> tuple[list[list[float]], 
             log.warning("embed: input[%d] truncated from %d to %d tokens", i, len(tokens), engine.n_ctx)
             tokens = tokens[: engine.n_ctx]
         token_lists.append(tokens)
-    vectors = engine.embed(token_lists) if token_lists else []
+    vectors: list[list[float]] = []
+    for batch in batches(token_lists, BATCH_TOKENS):
+        if cancel.is_set():
+            break
+        vectors += engine.embed(batch)
+    if cancel.is_set() and len(vectors) < len(request.inputs):
+        log.info("embed: cancelled after %d of %d inputs", len(vectors), len(request.inputs))
     if request.normalize:
         vectors = [normalize(v) for v in vectors]
     return vectors, sum(map(len, token_lists))
+
+
+def batches(token_lists: list[list[int]], budget: int) -> list[list[list[int]]]:
+    """Consecutive inputs, up to `budget` tokens a batch (an input longer than that alone)."""
+    out: list[list[list[int]]] = []
+    size = 0
+    for tokens in token_lists:
+        if not out or size + len(tokens) > budget:
+            out.append([])
+            size = 0
+        out[-1].append(tokens)
+        size += len(tokens)
+    return out
 
 
 def normalize(vector: list[float]) -> list[float]:
