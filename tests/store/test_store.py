@@ -64,7 +64,7 @@ def test_show_smollm2(pulled):
     assert shown["model_info"]["general.architecture"] == "llama"
     assert shown["model_info"]["general.parameter_count"] == 134_515_008
     assert "<|im_start|>" in shown["template"] and "Apache" in shown["license"] and shown["system"] == ""
-    assert capabilities(pulled.get("smollm2")) == ["completion"] and shown["parameters"] == ""
+    assert capabilities(pulled.get("smollm2")) == ["completion", "tools"] and shown["parameters"] == ""
     assert shown["modified_at"].endswith("Z")
     assert f"FROM {pulled.get('smollm2').model_path}" in shown["modelfile"]
     info = pulled.get("smollm2").info

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from ember import __version__
 from ember.cli import backup as backup_cli
@@ -93,8 +93,9 @@ def ps():
     if not server_running(settings):
         out.print(f"no ember server is running at {settings.base_url}; nothing is loaded")
         return
-    table = Table("NAME", "ID", "SIZE", "FOR", "CONTEXT", "SLOTS", "THREADS", "UNTIL", box=None,
-                  header_style="bold")
+    # The name and its expiry whole; the other columns give way in a narrow terminal.
+    table = Table(Column("NAME", no_wrap=True), "ID", "SIZE", "FOR", "CONTEXT", "SLOTS", "THREADS",
+                  Column("UNTIL", no_wrap=True), box=None, header_style="bold")
     for m in HttpClient(settings).request("GET", "/api/ps")["models"]:
         table.add_row(m["name"], m["digest"][:12], _human(m["size"]), ", ".join(m.get("loaded_for", [])),
                       str(m["context_length"]), f"{m.get('slots_busy', 0)}/{m.get('slots', 1)}",
