@@ -10,7 +10,9 @@ from typing import Any
 from ember.core.errors import BadRequest
 from ember.core.types import Message, ToolCall
 
-_TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+# Calls in the Hermes form: what models with a tools template write, and what ember's generic form asks for.
+CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+_TAGGED = re.compile(rf"{CALL_OPEN}\s*(.*?)\s*(?:{CALL_CLOSE}|$)", re.S)
 
 
 def tool_names(tools: list[dict[str, Any]]) -> list[str]:
@@ -58,6 +60,21 @@ def _as_call(obj: Any, names: set[str]) -> ToolCall | None:
     return ToolCall(name=name, arguments=args, id=f"call_{uuid.uuid4().hex[:12]}")
 
 
+def _call_key(call: ToolCall) -> tuple[str, str]:
+    """What makes two calls the same call: the tool and its arguments, whatever their order."""
+    return call.name, json.dumps(call.arguments, sort_keys=True)
+
+
+def _last_request(messages: list[Message]) -> int | None:
+    """Index of the user's latest message: what came after it is this turn's calls and results."""
+    return max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+
+
+def _about(fn: dict[str, Any]) -> str:
+    """A tool's description on one line, without its closing period."""
+    return " ".join((fn.get("description") or "").split()).rstrip(".")
+
+
 def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> tuple[str, list[ToolCall]]:
     """Split an answer into remaining content and the tool calls it makes (Hermes <tool_call> tags or bare JSON)."""
     names = set(tool_names(tools))
@@ -68,9 +85,8 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> tuple[str, list[
             call = _as_call(json.loads(block), names)
         except json.JSONDecodeError:
             call = None
-        key = call and (call.name, json.dumps(call.arguments, sort_keys=True))
-        if call and key not in seen:  # the same call twice in one answer is made once
-            seen.add(key)
+        if call and _call_key(call) not in seen:  # the same call twice in one answer is made once
+            seen.add(_call_key(call))
             calls.append(call)
     if calls:
         return _TAGGED.sub("", text).strip(), calls
@@ -88,8 +104,6 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> tuple[str, list[
 # ember describes the tools in the system prompt and asks for calls in one documented form (a Hermes-style tag, which
 # `parse_tool_calls` reads); a grammar makes a forced call well-formed and its arguments match the tool's schema.
 # Earlier calls and results are shown as ordinary turns, which a template without tools can render.
-
-CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 
 
 def _signature(parameters: dict[str, Any]) -> str:
@@ -111,7 +125,7 @@ def describe_tools(tools: list[dict[str, Any]]) -> str:
     lines = ["You can call these tools:"]
     for tool in tools:
         fn = tool["function"]
-        about = " ".join((fn.get("description") or "").split())[:200].rstrip(".")
+        about = _about(fn)[:200].rstrip(".")
         lines.append(f"- {fn['name']}({_signature(fn.get('parameters') or {})}){': ' + about if about else ''}")
     lines += ["", "To call a tool, reply with only:",
               f'{CALL_OPEN}{{"name": "TOOL NAME", "arguments": {{ARGUMENTS}}}}{CALL_CLOSE}',
@@ -162,7 +176,7 @@ def _summary(tools: list[dict[str, Any]]) -> str:
     parts = []
     for tool in tools:
         fn = tool["function"]
-        about = " ".join((fn.get("description") or "").split()).split(". ")[0][:80].rstrip(".")
+        about = _about(fn).split(". ")[0][:80].rstrip(".")
         parts.append(f"{fn['name']} ({about})" if about else fn["name"])
     return "Tools: " + "; ".join(parts)
 
@@ -190,7 +204,7 @@ def decision_question(messages: list[Message], tools: list[dict[str, Any]]) -> t
     Asked apart from the conversation: a small model answers a short yes/no question far more reliably than it starts a
     call on its own (measured with SmolLM2-135M; see the README). Bounded, so that it fits any context window: the
     request's end and the latest results' starts."""
-    last = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+    last = _last_request(messages)
     if last is None:
         return None
     request = messages[last].content.strip()[-2000:]
@@ -230,7 +244,7 @@ def _canonical(block: str) -> str:
 def answered(calls: list[ToolCall], messages: list[Message]) -> bool:
     """Whether every one of `calls` was already made, with the same arguments, since the user's last request (and so
     its result is in the conversation)."""
-    last = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
-    made = {(c.name, json.dumps(c.arguments, sort_keys=True))
-            for m in messages[last + 1:] if m.role == "assistant" for c in m.tool_calls}
-    return bool(calls) and all((c.name, json.dumps(c.arguments, sort_keys=True)) in made for c in calls)
+    last = _last_request(messages)
+    turn = messages if last is None else messages[last + 1:]
+    made = {_call_key(c) for m in turn if m.role == "assistant" for c in m.tool_calls}
+    return bool(calls) and all(_call_key(c) in made for c in calls)

@@ -47,6 +47,14 @@ def conversation(model: Model, request: GenerateRequest) -> list[Message]:
     return head + messages
 
 
+def render_chat(model: Model, request: GenerateRequest, messages: list[dict[str, Any]],
+                tools: list[dict[str, Any]] | None = None) -> str:
+    """Messages through the request's chat template, with the model's own BOS and EOS text."""
+    info = model.info
+    return templates.render(chat_template(model, request), messages, tools=tools, bos_token=info.bos_token or "",
+                            eos_token=info.eos_token or "")
+
+
 def build_prompt(engine: Generator, model: Model, request: GenerateRequest, options: Options) -> Fitted:
     reserve = answer_reserve(engine.n_ctx, options.num_predict)
     budget = engine.n_ctx - reserve
@@ -62,9 +70,7 @@ def build_prompt(engine: Generator, model: Model, request: GenerateRequest, opti
         if len(tokens) > budget:
             raise refuse(len(tokens))
         return Fitted(tokens)
-    source = chat_template(model, request)
     generic = generic_tools(model, request)
-    info = model.info
 
     def render(messages: list[Message]) -> str:
         tools = request.tools
@@ -73,8 +79,7 @@ def build_prompt(engine: Generator, model: Model, request: GenerateRequest, opti
             if request.tool_choice != "none":
                 messages = toolkit.with_instructions(messages, toolkit.describe_tools(tools))
             tools = None
-        return templates.render(source, [m.for_template() for m in messages], tools=tools,
-                                 bos_token=info.bos_token or "", eos_token=info.eos_token or "")
+        return render_chat(model, request, [m.for_template() for m in messages], tools)
 
     if context:
         return after_context(engine, context, engine.tokenize(next_turn(render, request.prompt or "")), budget, refuse)
@@ -232,9 +237,7 @@ class ToolDecision:
 
     def __init__(self, engine: Generator, model: Model, request: GenerateRequest, options: Options, question: str,
                  done: Callable[[str], None]):
-        info = model.info
-        prompt = templates.render(chat_template(model, request), [{"role": "user", "content": question}],
-                                  bos_token=info.bos_token or "", eos_token=info.eos_token or "")
+        prompt = render_chat(model, request, [{"role": "user", "content": question}])
         self.tokens = engine.tokenize(prompt)[-(engine.n_ctx - self.max_tokens):]
         self.options = options.model_copy(update={"temperature": 0.0, "repeat_penalty": 1.0})
         self.engine, self.done = engine, done
