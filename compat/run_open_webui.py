@@ -43,7 +43,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# This runs in Open WebUI's environment, where ember is not installed; the harness needs only the stdlib and httpx.
+sys.path.insert(0, str(REPO / "src"))
+from ember.bench.harness import ember_env, free_port  # noqa: E402
+
 SHOTS = REPO / "compat" / "screenshots"
 EMBER = REPO / ".venv" / "bin" / "ember"
 
@@ -103,12 +106,6 @@ class StepFailed(Exception):
 
 # -- processes ------------------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Service:
     """A server in its own process group (so that everything it starts is stopped with it), its output in a file."""
 
@@ -155,13 +152,6 @@ class Service:
             self.proc.wait(timeout=5)
         except ProcessLookupError:
             pass
-
-
-def ember_env(home: Path, port: int) -> dict[str, str]:
-    """This environment without its EMBER_* settings, pointed at `home` and a loopback port (as the tests do)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBER_")}
-    env.update(EMBER_HOME=str(home), EMBER_HOST=f"127.0.0.1:{port}", PYTHONUNBUFFERED="1")
-    return env
 
 
 def http_json(url: str, timeout: float = 10):
