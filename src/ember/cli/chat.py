@@ -6,7 +6,7 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
-from ember.cli.client import HttpClient, LocalClient, server_running
+from ember.cli.client import LocalClient, connect
 from ember.config import Settings
 from ember.core.errors import EmberError
 from ember.core.options import parse_options
@@ -21,10 +21,6 @@ HELP = """Commands:
   /clear                      forget the conversation
   /bye                        leave (Ctrl-D works too)
 Start a message with \"\"\" to write several lines; end it with \"\"\"."""
-
-
-def _client(settings: Settings):
-    return HttpClient(settings) if server_running(settings) else LocalClient(settings)
 
 
 def _answer(client, model, messages, options, preset, keep_alive, verbose) -> str:
@@ -78,7 +74,7 @@ def _set_parameter(options: dict, args: list[str]) -> None:
 
 
 def run(settings: Settings, model: str, prompt: str | None, *, preset=None, keep_alive=None, verbose=False) -> None:
-    client = _client(settings)
+    client = connect(settings)
     options: dict = {}
     try:
         if prompt is not None:

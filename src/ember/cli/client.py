@@ -14,7 +14,7 @@ import httpx
 from ember.config import Settings
 from ember.core.errors import EmberError
 from ember.core.options import parse_options
-from ember.core.types import Done, GenerateRequest, Message, Token
+from ember.core.types import Done, EmbedRequest, GenerateRequest, Message, Token
 
 
 def server_running(settings: Settings) -> bool:
@@ -30,6 +30,11 @@ def key_headers() -> dict[str, str]:
     """The key the CLI sends to a server that needs one: EMBER_API_KEY."""
     key = os.environ.get("EMBER_API_KEY", "").strip()
     return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def connect(settings: Settings) -> "HttpClient | LocalClient":
+    """The running server when there is one (its loaded models are reused), else the core in this process."""
+    return HttpClient(settings) if server_running(settings) else LocalClient(settings)
 
 
 class HttpClient:
@@ -64,6 +69,13 @@ class HttpClient:
                     yield item
                 else:
                     yield item["message"]["content"]
+
+
+    def embed(self, model: str, texts: list[str]) -> list[list[float]]:
+        return self.request("POST", "/api/embed", json={"model": model, "input": texts})["embeddings"]
+
+    def close(self) -> None:
+        self.http.close()
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -103,6 +115,9 @@ class LocalClient:
                     return
         finally:
             self.loop.run_until_complete(events.aclose())
+
+    def embed(self, model: str, texts: list[str]) -> list[list[float]]:
+        return self.loop.run_until_complete(self.runtime.embed(EmbedRequest(model, texts))).vectors
 
     def close(self) -> None:
         self.loop.run_until_complete(self.runtime.close())

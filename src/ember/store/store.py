@@ -363,8 +363,11 @@ class ModelStore:
         if entry is None:
             raise NotFound(f"model '{raw}' is not in ember's catalog of bundled models (nothing is downloaded); "
                            f"available: {', '.join(bundled.catalog_names())}. Make your own with: ember create")
-        source = bundled.locate(entry)
         report("pulling manifest")
+        with bundled.gguf_for(entry) as source:
+            return self._pull_file(name, entry, source, report)
+
+    def _pull_file(self, name: ModelName, entry: bundled.Bundled, source: Path, report: Report) -> Model:
         try:
             total = source.stat().st_size
             with open(source, "rb") as f:

@@ -5,7 +5,10 @@ The PyTorch model already uses llama.cpp's interleaved rotary layout, so tensors
 
 import ctypes
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +16,9 @@ from ember.core.errors import BadRequest
 from ember.core.templates import CHATML
 from ember.fsutil import TMP_PREFIX
 from ember.train.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    import gguf
 
 # Quantizations llama.cpp can make from an f16/f32 GGUF (tensors whose rows do not divide evenly fall back by
 # llama.cpp's own rules).
@@ -38,6 +44,25 @@ def _tensors(model) -> dict[str, np.ndarray]:
     return out
 
 
+@contextmanager
+def gguf_writer(path: Path, arch: str) -> Iterator["gguf.GGUFWriter"]:
+    """A GGUFWriter for `arch`: the caller adds keys and tensors; the file appears at `path` once all is written."""
+    import gguf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}"
+    w = gguf.GGUFWriter(str(tmp), arch)
+    try:
+        yield w
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_gguf(model, tok: Tokenizer, path: Path, *, chat: bool, name: str = "ember", ftype: str = "f16") -> Path:
     """Write model + tokenizer + chat template as one GGUF (f32 or f16), atomically."""
     import gguf
@@ -45,10 +70,7 @@ def write_gguf(model, tok: Tokenizer, path: Path, *, chat: bool, name: str = "em
     if ftype not in ("f32", "f16"):
         raise BadRequest(f"write_gguf makes f32 or f16, not {ftype!r}; quantize afterwards")
     c = model.cfg
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}"
-    w = gguf.GGUFWriter(str(tmp), "llama")
-    try:
+    with gguf_writer(path, "llama") as w:
         w.add_name(name)
         w.add_context_length(c.ctx)
         w.add_embedding_length(c.dim)
@@ -74,13 +96,6 @@ def write_gguf(model, tok: Tokenizer, path: Path, *, chat: bool, name: str = "em
         for tname, array in _tensors(model).items():
             # Norm gains stay f32 as llama.cpp's own converter keeps them.
             w.add_tensor(tname, array.astype(np.float16) if ftype == "f16" and array.ndim == 2 else array)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
