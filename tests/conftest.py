@@ -16,7 +16,7 @@ from tests.helpers import Server, settings, write_gguf
 
 # What needs the real bundled model, a real server or a training run: these folders, and tests using these fixtures.
 INTEGRATION_FOLDERS = ("api", "cli", "train")
-INTEGRATION_FIXTURES = {"ember_home", "server", "make_server", "api", "pulled"}
+INTEGRATION_FIXTURES = {"ember_home", "server", "make_server", "api", "pulled", "embedder", "collections"}
 
 
 def pytest_collection_modifyitems(items):
@@ -30,7 +30,10 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def ember_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("ember-home")
-    ModelStore(home / "models").pull("smollm2")
+    store = ModelStore(home / "models")
+    store.pull("smollm2")
+    store.pull("minilm")
+    store.pull("multilingual-e5")
     return home
 
 

@@ -154,3 +154,10 @@ ModelNameField = Annotated[str, WithJsonSchema(
 OptionalModelName = Annotated[str | None, WithJsonSchema(
     {"type": "string", "pattern": f"^{_NAME_PART}(:{_NAME_PART})?$"})]
 DigestField = Annotated[str, WithJsonSchema({"type": "string", "pattern": "^sha256[:-][0-9a-fA-F]{64}$"})]
+# Document collections to answer from (ember rag): one name or several.
+CollectionsField = str | list[str] | None
+
+
+def collection_names(value: str | list[str] | None) -> list[str] | None:
+    names = [value] if isinstance(value, str) else [n for n in value or [] if n]
+    return names or None

@@ -49,6 +49,7 @@ class GenerateBody(Body):
     raw: bool = False
     keep_alive: KeepAlive = None
     context: list[int] | None = None
+    collections: common.CollectionsField = None
 
 
 class ToolFunction(Body):
@@ -77,6 +78,7 @@ class ChatBody(Body):
     preset: str | None = None
     stream: bool = True
     keep_alive: KeepAlive = None
+    collections: common.CollectionsField = None
 
 
 class EmbedBody(Body):
@@ -144,6 +146,8 @@ def _timings(done: Done) -> dict[str, Any]:
     }
     if done.truncated:
         out.update(truncated=True, truncated_messages=done.truncated_messages, truncated_tokens=done.truncated_tokens)
+    if done.citations is not None:
+        out["citations"] = done.citations
     return out
 
 
@@ -174,7 +178,8 @@ async def generate(body: GenerateBody, request: Request):
         return await _load_only(request, body.model, options, keep_alive, "response", "")
     core = GenerateRequest(model=body.model, prompt=body.prompt, system=body.system, template=body.template,
                            raw=body.raw, options=options, preset=body.preset, format=body.format or None,
-                           keep_alive=keep_alive, stream=body.stream, context=body.context)
+                           keep_alive=keep_alive, stream=body.stream, context=body.context,
+                           collections=common.collection_names(body.collections))
     first, events = await common.start(common.runtime(request).generate(core), request)
 
     def chunk(event) -> dict[str, Any]:
@@ -206,7 +211,8 @@ async def chat(body: ChatBody, request: Request):
                                 {"role": "assistant", "content": ""})
     core = GenerateRequest(model=body.model, messages=[_message(m, body.model) for m in body.messages],
                            tools=body.tools or None, options=options, preset=body.preset, format=body.format or None,
-                           keep_alive=keep_alive, stream=body.stream)
+                           keep_alive=keep_alive, stream=body.stream,
+                           collections=common.collection_names(body.collections))
     first, events = await common.start(common.runtime(request).generate(core), request)
 
     def chunk(event) -> dict[str, Any]:

@@ -67,6 +67,7 @@ class ChatBody(Body):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    collections: common.CollectionsField = None  # ember's: answer from these document collections (extra_body)
 
 
 class CompletionBody(Body):
@@ -151,6 +152,11 @@ def _tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
             for c in calls]
 
 
+def _citations(done: Done) -> dict[str, Any]:
+    """The sources an answer from collections cites ([1] is citations[0]): in the last chunk, or the body."""
+    return {} if done.citations is None else {"citations": done.citations}
+
+
 def _sse(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
@@ -165,7 +171,8 @@ async def chat_completions(body: ChatBody, request: Request):
     if body.tool_choice not in (None, "auto", "none", "required") and not isinstance(body.tool_choice, dict):
         raise BadRequest("tool_choice must be 'auto', 'none', 'required' or {'type': 'function', 'function': {...}}")
     core = _core(body, messages=[_message(m, i) for i, m in enumerate(body.messages)],
-                 format=_format(body.response_format), tools=body.tools or None, tool_choice=body.tool_choice)
+                 format=_format(body.response_format), tools=body.tools or None, tool_choice=body.tool_choice,
+                 collections=common.collection_names(body.collections))
     first, events = await common.start(common.runtime(request).generate(core), request)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model,
             "system_fingerprint": "fp_ember"}
@@ -185,7 +192,7 @@ async def chat_completions(body: ChatBody, request: Request):
                               "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})]
             if event.tool_calls:
                 delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(_tool_calls(event.tool_calls))]
-            chunks = [_sse({**head, "object": "chat.completion.chunk", **_truncation(event),
+            chunks = [_sse({**head, "object": "chat.completion.chunk", **_truncation(event), **_citations(event),
                             "choices": [{"index": 0, "delta": delta, "finish_reason": FINISH[event.reason]}]})]
             if include_usage:
                 chunks.append(_sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(event)}))
@@ -197,7 +204,7 @@ async def chat_completions(body: ChatBody, request: Request):
     message: dict[str, Any] = {"role": "assistant", "content": done.text or (None if done.tool_calls else "")}
     if done.tool_calls:
         message["tool_calls"] = _tool_calls(done.tool_calls)
-    return {**head, "object": "chat.completion", **_truncation(done),
+    return {**head, "object": "chat.completion", **_truncation(done), **_citations(done),
             "choices": [{"index": 0, "message": message, "finish_reason": FINISH[done.reason], "logprobs": None}],
             "usage": _usage(done)}
 

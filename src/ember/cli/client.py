@@ -49,8 +49,10 @@ class HttpClient:
         return response.json() if response.content else None
 
     def chat(self, model: str, messages: list[dict], options: dict, preset: str | None = None,
-             keep_alive: str | None = None) -> Iterator[str | dict]:
+             keep_alive: str | None = None, collections: list[str] | None = None) -> Iterator[str | dict]:
         body = {"model": model, "messages": messages, "options": options, "stream": True}
+        if collections:
+            body["collections"] = collections
         if preset:
             body["preset"] = preset
         if keep_alive is not None:
@@ -97,9 +99,9 @@ class LocalClient:
         self.runtime = Runtime(settings, ModelStore(settings.models))
 
     def chat(self, model: str, messages: list[dict], options: dict, preset: str | None = None,
-             keep_alive: str | None = None) -> Iterator[str | dict]:
+             keep_alive: str | None = None, collections: list[str] | None = None) -> Iterator[str | dict]:
         request = GenerateRequest(model=model, messages=[Message(m["role"], m["content"]) for m in messages],
-                                  options=parse_options(options), preset=preset)
+                                  options=parse_options(options), preset=preset, collections=collections)
         events = self.runtime.generate(request)
         try:
             while True:
@@ -111,7 +113,8 @@ class LocalClient:
                            "eval_duration": event.eval_ns, "prompt_eval_count": event.prompt_tokens,
                            "prompt_eval_duration": event.prompt_ns, "load_duration": event.load_ns,
                            "total_duration": event.total_ns, "truncated": event.truncated,
-                           "truncated_messages": event.truncated_messages, "truncated_tokens": event.truncated_tokens}
+                           "truncated_messages": event.truncated_messages, "truncated_tokens": event.truncated_tokens,
+                           **({} if event.citations is None else {"citations": event.citations})}
                     return
         finally:
             self.loop.run_until_complete(events.aclose())

@@ -15,6 +15,7 @@ from ember.cli import backup as backup_cli
 from ember.cli import chat as chat_cli
 from ember.cli import doctor as doctor_cli
 from ember.cli import keys as keys_cli
+from ember.cli import rag as rag_cli
 from ember.cli import train as train_cli
 from ember.cli.client import HttpClient, server_running
 from ember.cli.progress import run_job
@@ -213,6 +214,7 @@ def export(model: str, directory: Path):
 
 
 app.add_typer(keys_cli.keys_app, name="keys")
+app.add_typer(rag_cli.rag_app, name="rag")
 app.command()(doctor_cli.doctor)
 app.add_typer(backup_cli.backup_app, name="backup")
 app.command()(backup_cli.restore)

@@ -39,11 +39,25 @@ class Options(BaseModel):
     num_batch: Annotated[int, Field(ge=1, le=1 << 16)] | None = None
     num_thread: Annotated[int, Field(ge=1, le=512)] | None = None
     num_keep: Annotated[int, Field(ge=-1, le=INT32)] | None = None
+    # Answers from collections (ember rag): the grounding prompt ({sources} marks where the chunks go) and how many
+    # chunks it carries. Not Ollama's; a Modelfile sets them like any PARAMETER.
+    grounding_prompt: str | None = None
+    rag_top_k: Annotated[int, Field(ge=1, le=50)] | None = None
+    # The collections to answer from, for clients that can only send options (the ollama package) and for models
+    # bound to documents by their Modelfile; cite_sources appends the numbered sources to the answer's text for
+    # clients that drop the `citations` field.
+    collections: list[str] | None = None
+    cite_sources: bool | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
     def _stop_as_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("collections", mode="before")
+    @classmethod
+    def _names_as_list(cls, value: Any) -> Any:
+        return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
 
 
 # Ollama options that only make sense on a GPU or for Ollama's runner; clients such as LangChain send them,

@@ -56,6 +56,7 @@ class GenerateRequest:
     stream: bool = True
     logprobs: bool = False
     context: list[int] | None = None  # Ollama's (deprecated) /api/generate memory: the token ids a reply returned
+    collections: list[str] | None = None  # answer from these document collections, with citations (ember rag)
 
     @property
     def is_chat(self) -> bool:
@@ -96,6 +97,7 @@ class Done:
     truncated_messages: int = 0
     truncated_tokens: int = 0
     context: list[int] | None = None  # a completion's prompt and answer tokens, to send back as the next `context`
+    citations: list[dict[str, Any]] | None = None  # for a request with collections: the sources [1], [2]… point to
 
     @property
     def truncated(self) -> bool:

@@ -62,11 +62,14 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
         ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/embeddings"),
         ("GET", "/v1/models"), ("GET", "/v1/models/{name:path}"), ("GET", "/metrics"),
         ("GET", "/openapi.json"), ("HEAD", "/openapi.json"), ("GET", "/docs"), ("HEAD", "/docs"),
-        ("GET", "/docs/oauth2-redirect"), ("HEAD", "/docs/oauth2-redirect"))},
+        ("GET", "/docs/oauth2-redirect"), ("HEAD", "/docs/oauth2-redirect"), ("GET", "/api/collections"),
+        ("GET", "/api/collections/{name}"), ("POST", "/api/collections/{name}/query"))},
     **{(method, path): Access.MANAGE for method, path in (
         ("POST", "/api/copy"), ("DELETE", "/api/delete"), ("POST", "/api/pull"), ("POST", "/api/push"),
         ("POST", "/api/create"),
-        ("HEAD", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}"), ("DELETE", "/api/jobs/{job_id}"))},
+        ("HEAD", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}"), ("DELETE", "/api/jobs/{job_id}"),
+        ("POST", "/api/collections"), ("DELETE", "/api/collections/{name}"),
+        ("POST", "/api/collections/{name}/files"), ("DELETE", "/api/collections/{name}/files"))},
     ("POST", "/api/backup"): Access.ADMIN,
     ("GET", "/api/backups"): Access.ADMIN,
 }

@@ -5,13 +5,15 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import replace
 
 from ember.config import Settings
 from ember.core.options import Options
-from ember.core.types import Done, Embeddings, EmbedRequest, Event, GenerateRequest
+from ember.core.types import Done, Embeddings, EmbedRequest, Event, GenerateRequest, Token
 from ember.engines.base import EngineFactory, Role
 from ember.ops.metrics import Metrics, RuntimeState
-from ember.runtime import embedding, generation
+from ember.rag.collections import Collections
+from ember.runtime import embedding, generation, grounded
 from ember.runtime.jobs import Jobs
 from ember.runtime.plan import plan
 from ember.runtime.scheduler import Loaded, Scheduler
@@ -28,6 +30,8 @@ class Runtime:
         self.settings, self.store = settings, store
         self.scheduler = Scheduler(settings, factory, clock=clock, memory_budget=memory_budget)
         self.jobs = Jobs()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.collections = Collections(settings.home / "collections", self.embed_from_thread)
         self.ready = False  # true from start() until draining begins: what /health reports
         self.draining = False
         self.metrics = Metrics(self.state)
@@ -41,6 +45,7 @@ class Runtime:
                             jobs=dict(Counter(job.kind for job in self.jobs.list())), draining=self.draining)
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.scheduler.start()
         self.ready = True
 
@@ -53,16 +58,45 @@ class Runtime:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
         """Events for one request, ending with Done. Closing the iterator early cancels the generation."""
+        found = await self._ground(request)
+        if found and found.nothing_found is not None:  # said without the model, which would make an answer up
+            yield Token(found.nothing_found)
+            yield Done("stop", found.nothing_found, 0, 0, citations=[])
+            return
+        if found:
+            request = found.request
         async with aclosing(generation.generate(self.scheduler, self.store, self.settings, request)) as events:
             async for event in events:
                 if isinstance(event, Done):
                     self.metrics.generation_done(request.model, event)
+                    if found:
+                        if found.cite_in_text:
+                            yield Token(found.sources_text())
+                            event = replace(event, text=event.text + found.sources_text())
+                        event = replace(event, citations=found.citations)
                 yield event
+
+    async def _ground(self, request: GenerateRequest) -> "grounded.Grounding | None":
+        """The sources for a request that names collections (itself, by its options, or by its model's Modelfile)."""
+        if not request.is_chat and request.collections is None and request.options.collections is None:
+            return None  # a completion grounds only when asked in the request (its model may be bound for chats)
+        options = await asyncio.to_thread(grounded.options_of, self.store, request)
+        if not (request.collections or options.collections):
+            return None
+        self._loop = asyncio.get_running_loop()  # the search embeds from a worker thread, on this loop
+        return await grounded.ground(self.collections, request, options)
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
         result = await embedding.embed(self.scheduler, self.store, self.settings, request)
         self.metrics.embedded(request.model, len(result.vectors), result.prompt_tokens)
         return result
+
+    def embed_from_thread(self, model: str, texts: list[str]) -> list[list[float]]:
+        """Embeddings for work on a worker thread (an ingest job), computed on the runtime's loop."""
+        if self._loop is None:
+            raise RuntimeError("the runtime is not started")
+        request = EmbedRequest(model, texts, truncate=True)
+        return asyncio.run_coroutine_threadsafe(self.embed(request), self._loop).result().vectors
 
     async def load(self, name: str, options: Options, keep_alive: float | None) -> int:
         """Load a model without generating (an empty prompt in Ollama's API); returns the load time in ns."""
