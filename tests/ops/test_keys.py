@@ -17,7 +17,7 @@ pytestmark = pytest.mark.anyio
 
 KEYS = ("user-key:use", "manager-key:manage", "root-key")  # no scope: admin
 CHAT = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "stream": False}
-SAMPLE_PARAMS = {"{digest}": "sha256:" + "0" * 64, "{job_id}": "pull-1", "{name:path}": "a"}
+SAMPLE_PARAMS = {"{digest}": "sha256:" + "0" * 64, "{job_id}": "pull-1", "{name:path}": "a", "{name}": "notes"}
 
 
 def client(app) -> httpx.AsyncClient:

@@ -107,18 +107,21 @@ class Collections:
     def __init__(self, root: Path, embed: Embed):
         self.root = Path(root)
         self.embed = embed
-        self._indexes: dict[str, SqliteIndex] = {}
+        self._indexes: dict[str, tuple[int, SqliteIndex]] = {}  # name → (the file's inode, its index)
 
     def _path(self, name: str) -> Path:
         return self.root / f"{check_name(name)}.sqlite"
 
     def index(self, name: str) -> SqliteIndex:
         path = self._path(name)
-        if not path.is_file():
-            raise NotFound(f"collection '{name}' not found; make it with: ember rag create {name}")
-        if name not in self._indexes:
-            self._indexes[name] = SqliteIndex(path)
-        return self._indexes[name]
+        try:
+            inode = path.stat().st_ino
+        except FileNotFoundError:
+            raise NotFound(f"collection '{name}' not found; make it with: ember rag create {name}") from None
+        known = self._indexes.get(name)
+        if known is None or known[0] != inode:  # new, or deleted and made again by another process
+            self._indexes[name] = (inode, SqliteIndex(path))
+        return self._indexes[name][1]
 
     # -- the collections --------------------------------------------------------------------------------------------
 
@@ -160,9 +163,9 @@ class Collections:
         path = self._path(name)
         if not path.exists():
             raise NotFound(f"collection '{name}' not found")
-        index = self._indexes.pop(name, None)
-        if index:
-            index.close()
+        known = self._indexes.pop(name, None)
+        if known:
+            known[1].close()
         for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             leftover.unlink(missing_ok=True)
 
