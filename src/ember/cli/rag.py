@@ -134,12 +134,13 @@ def query(name: str, question: str, k: int = typer.Option(5, "-k", min=1, max=10
 @rag_app.command(no_args_is_help=True)
 def ask(name: str = typer.Argument(..., help="the collection (several: name1,name2)"),
         question: str = typer.Argument(...),
-        model: str = typer.Option("smollm2", "--model", "-m", help="the model that writes the answer")):
+        model: str = typer.Option("smollm2", "--model", "-m", help="the model that writes the answer"),
+        preset: str | None = typer.Option(None, "--preset", help="sampling preset: factual, concise, …")):
     """An answer grounded in the collection, streamed, with numbered citations to file, page and heading."""
     names = [n for n in name.split(",") if n]
     with _Session() as s:
         stats: dict = {}
-        for item in s.client.chat(model, [{"role": "user", "content": question}], {}, collections=names):
+        for item in s.client.chat(model, [{"role": "user", "content": question}], {}, preset, collections=names):
             if isinstance(item, dict):
                 stats = item
             else:

@@ -10,6 +10,7 @@ damaged file) comes out as `UnreadableDocument`, so that one bad file in a folde
 """
 
 import io
+import logging
 import re
 import statistics
 import textwrap
@@ -21,6 +22,9 @@ from math import hypot
 from pathlib import Path
 
 MAX_BYTES = 50 * 1024 * 1024
+# pypdf logs what it repairs or cannot ("EOF marker not found") straight to the terminal; a file it cannot read
+# becomes an UnreadableDocument with the reason, and one it repaired needs no word.
+logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 SUFFIXES: dict[str, str] = {
     ".txt": "text", ".text": "text", ".log": "text", ".rst": "text", ".csv": "text",
