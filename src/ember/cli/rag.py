@@ -151,7 +151,6 @@ def ask(name: str = typer.Argument(..., help="the collection (several: name1,nam
     if citations:
         out.print("\n[bold]Sources[/bold]")
         for c in citations:
-            where = ", ".join([c["file"], *([f"page {c['page']}"] if c.get("page") else []),
-                               *([" › ".join(c["headings"])] if c.get("headings") else [])])
+            where = grounding.place(c["source"], c.get("page"), c.get("headings") or [])
             number = escape(f"[{c['index']}]")
             out.print(f"  {number} {escape(where)}  [dim]{escape(c['source'])}[/dim]", highlight=False)

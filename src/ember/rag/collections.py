@@ -188,12 +188,14 @@ class Collections:
     def search(self, name: str, question: str, k: int = 5, mode: str = "hybrid",
                rerank: retrieve.Rerank | None = None) -> tuple[list[retrieve.Hit], bool]:
         """The best `k` chunks, and whether any is close enough to the question to answer from (blocking)."""
-        info = self.info(name)
+        index = self.index(name)
+        meta = index.meta()  # not info(): that counts every file, and this runs for every question
+        model = meta["embed_model"]
         vector = None
         if mode != "keyword":
-            vector = np.array(self.embed(info.embed_model, [info.query_prefix + question])[0], dtype=np.float32)
-        hits = retrieve.search(self.index(name), vector, question, k, mode, rerank)
-        floor = relevance_floor(info.embed_model)
+            vector = np.array(self.embed(model, [meta.get("query_prefix", "") + question])[0], dtype=np.float32)
+        hits = retrieve.search(index, vector, question, k, mode, rerank)
+        floor = relevance_floor(model)
         relevant = any(h.similarity is not None and h.similarity >= floor for h in hits) or (
             mode == "keyword" and bool(hits))
         return hits, relevant
@@ -203,25 +205,23 @@ class Collections:
     def add(self, name: str, paths: list[Path], report: Reporter) -> IngestReport:
         index = self.index(name)
         meta = index.meta()
-        model, prefix = meta["embed_model"], meta.get("document_prefix", "")
+        model, prefix, dims = meta["embed_model"], meta.get("document_prefix", ""), int(meta["dims"])
         result = IngestReport()
-        todo: list[Path] = []
+        todo: list[tuple[Path, int]] = []  # (file, its size: the progress bar counts bytes)
         for path, problem in expand(paths):
             if problem:
                 result.failed.append((str(path), problem))
             else:
-                todo.append(path)
-        total = sum(_size(p) for p in todo)
-        done = 0
-        report(f"adding {len(todo)} files to {name}", completed=0, total=total or None, item=name)
-        for path in todo:
-            report(f"adding {len(todo)} files to {name}", completed=done, total=total or None, item=name)
-            self._add_one(index, model, prefix, path, result, report)
-            done += _size(path)
-        report(f"adding {len(todo)} files to {name}", completed=total, total=total or None, item=name)
+                todo.append((path, _size(path)))
+        status, total, done = f"adding {len(todo)} files to {name}", sum(size for _, size in todo) or None, 0
+        for path, size in todo:
+            report(status, completed=done, total=total, item=name)
+            self._add_one(index, model, prefix, dims, path, result, report)
+            done += size
+        report(status, completed=done, total=total, item=name)
         return result
 
-    def _add_one(self, index: SqliteIndex, model: str, prefix: str, path: Path, result: IngestReport,
+    def _add_one(self, index: SqliteIndex, model: str, prefix: str, dims: int, path: Path, result: IngestReport,
                  report: Reporter) -> None:
         key = source_key(path)
         try:
@@ -250,7 +250,7 @@ class Collections:
             result.embedded += len(batch)
         rows = [ChunkRow(p.text, p.headings, p.page, p.start, p.end, keywords.search_text(t))
                 for p, t in zip(pieces, texts)]
-        matrix = np.array(vectors, dtype=np.float32).reshape(len(rows), index.dims)
+        matrix = np.array(vectors, dtype=np.float32).reshape(len(rows), dims)
         index.replace_source(SourceFile(key, digest, len(data), doc.kind, doc.title, len(rows), time.time()), rows,
                              matrix)
         (result.replaced if previous else result.added).append(key)

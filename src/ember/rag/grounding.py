@@ -21,7 +21,6 @@ NOTHING_FOUND = {
     "en": "I could not find anything about this in the documents ({collections}).",
     "ru": "В документах ({collections}) об этом ничего не нашлось.",
 }
-CITED = re.compile(r"\[(\d{1,3})\]")
 
 
 def language(text: str) -> str:
@@ -34,14 +33,18 @@ def nothing_found(question: str, collections: list[str]) -> str:
     return NOTHING_FOUND[language(question)].format(collections=", ".join(collections))
 
 
-def label(hit: Hit) -> str:
-    """"notes/guide.pdf, page 2, Billing › Refunds": what a citation points to, as a reader finds it."""
-    parts = [Path(hit.chunk.source).name]
-    if hit.chunk.page is not None:
-        parts.append(f"page {hit.chunk.page}")
-    if hit.chunk.headings:
-        parts.append(" › ".join(hit.chunk.headings))
+def place(source: str, page: int | None, headings: list[str] | tuple[str, ...]) -> str:
+    """"guide.pdf, page 2, Billing › Refunds": what a citation points to, as a reader finds it."""
+    parts = [Path(source).name]
+    if page is not None:
+        parts.append(f"page {page}")
+    if headings:
+        parts.append(" › ".join(headings))
     return ", ".join(parts)
+
+
+def label(hit: Hit) -> str:
+    return place(hit.chunk.source, hit.chunk.page, hit.chunk.headings)
 
 
 def sources_block(hits: list[Hit]) -> str:
@@ -64,12 +67,3 @@ def citations(hits: list[Hit], collection_of: dict[int, str] | None = None) -> l
                     "text": c.text, **({"collection": collection_of[id(hit)]} if collection_of else {})})
     return out
 
-
-def cited_numbers(answer: str, count: int) -> list[int]:
-    """The source numbers an answer cites, in order of first use, ignoring numbers that name no source."""
-    seen: list[int] = []
-    for match in CITED.finditer(answer):
-        n = int(match.group(1))
-        if 1 <= n <= count and n not in seen:
-            seen.append(n)
-    return seen
