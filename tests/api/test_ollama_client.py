@@ -114,6 +114,24 @@ def test_embed_batch_is_normalized(client):
     assert vectors[0] != pytest.approx(vectors[1], abs=1e-3)
 
 
+def test_embedding_models_rank_by_meaning_on_onnxruntime(client, server):
+    import httpx
+
+    question = "When does the museum open again?"
+    docs = ["The museum reopens on Monday after the repairs.", "The bakery sells rye bread.",
+            "Музей снова откроется в понедельник после ремонта.", "В пекарне продают ржаной хлеб."]
+    for model, prefixes in (("minilm", ("", "")), ("multilingual-e5", ("query: ", "passage: "))):
+        vectors = client.embed(model=model, input=[prefixes[0] + question, *(prefixes[1] + d for d in docs)]).embeddings
+        assert len(vectors[0]) == 384
+        scores = [sum(a * b for a, b in zip(vectors[0], v)) for v in vectors[1:]]
+        assert scores[0] > scores[1]
+        if model == "multilingual-e5":  # the Russian sentence is about the museum too
+            assert scores[2] > scores[1] and scores[2] > scores[3]
+    loaded = {m["name"]: m for m in httpx.get(f"{server.url}/api/ps").json()["models"]}
+    assert loaded["minilm:latest"]["engines"][0]["runner"] == "onnxruntime"
+    assert loaded["minilm:latest"]["size_vram"] == 0
+
+
 def test_legacy_embeddings_not_normalized(client):
     vector = client.embeddings(model="smollm2", prompt="hello world").embedding
     assert abs(sum(x * x for x in vector) - 1) > 1e-3

@@ -300,7 +300,8 @@ async def ps(request: Request):
             "device": statuses[0].device,
             "engines": [{"for": str(e.spec.role), "size": s.memory_bytes, "context_length": s.context,
                          "slots": s.slots, "slots_busy": s.busy_slots, "active_requests": e.active,
-                         "threads": s.threads, "device": s.device, "expires_at": _expires(e.expires_at)}
+                         "threads": s.threads, "device": s.device, "runner": s.runner,
+                         "expires_at": _expires(e.expires_at)}
                         for e, s in zip(engines, statuses)],
         })
     return {"models": out}

@@ -60,6 +60,7 @@ class EngineStatus:
     busy_slots: int
     threads: int
     device: str = "cpu"
+    runner: str = "llama.cpp"  # the engine library: "llama.cpp", "onnxruntime"
 
     @property
     def memory_bytes(self) -> int:

@@ -44,6 +44,9 @@ async def embed(scheduler: Scheduler, store: ModelStore, settings: Settings, req
 
 def _embed(engine: Embedder, request: EmbedRequest, cancel: threading.Event) -> tuple[list[list[float]], int]:
     token_lists = []
+    # What the tokenizer puts after every text (BERT's [SEP]): a cut text keeps it, as sentence-transformers does.
+    bare = engine.tokenize("", special=False)
+    end = bare[-1:] if len(bare) >= 2 else []
     for i, text in enumerate(request.inputs):
         if cancel.is_set():  # tokenizing thousands of inputs takes a while too
             break
@@ -53,7 +56,7 @@ def _embed(engine: Embedder, request: EmbedRequest, cancel: threading.Event) -> 
                 raise BadRequest(f"input[{i}] is {len(tokens)} tokens, more than the context window ({engine.n_ctx});"
                                  " shorten it, raise num_ctx, or send truncate: true")
             log.warning("embed: input[%d] truncated from %d to %d tokens", i, len(tokens), engine.n_ctx)
-            tokens = tokens[: engine.n_ctx]
+            tokens = tokens[: engine.n_ctx - len(end)] + end if end and tokens[-1:] == end else tokens[: engine.n_ctx]
         token_lists.append(tokens)
     vectors: list[list[float]] = []
     for batch in batches(token_lists, BATCH_TOKENS):

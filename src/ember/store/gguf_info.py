@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 from gguf import GGMLQuantizationType, LlamaFileType
 from gguf.constants import GGML_QUANT_SIZES
 
@@ -89,6 +90,8 @@ class _Tensor(NamedTuple):
     ggml_type: int
     offset: int  # from the start of the data section
     nbytes: int
+    shape: tuple[int, ...] = ()  # ggml's order: the fastest-varying dimension first
+    data_start: int = 0  # where the data section begins in the file
 
 
 class _Header:
@@ -236,7 +239,9 @@ def _parse(data: mmap.mmap) -> tuple[dict[str, Any], list[_Tensor], dict[int, st
         raise _Unusable(f"{_ALIGNMENT_KEY} is {alignment}, not a power of two")
 
     tensors = [_tensor_info(h, alignment) for _ in range(n_tensors)]
-    _check_layout(tensors, data_start=-(-h.pos // alignment) * alignment, file_size=len(data))
+    data_start = -(-h.pos // alignment) * alignment
+    tensors = [t._replace(data_start=data_start) for t in tensors]
+    _check_layout(tensors, data_start=data_start, file_size=len(data))
 
     tokens = meta.get(_TOKENS)
     ids = {meta.get(k) for k in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id")}
@@ -282,7 +287,7 @@ def _tensor_info(h: _Header, alignment: int) -> _Tensor:
     offset = h.unpack("<Q")
     if offset % alignment:
         raise _Unusable(f"tensor {name!r} starts at data offset {offset}, not a multiple of the alignment {alignment}")
-    return _Tensor(name, count, code, offset, count // block_size * type_size)
+    return _Tensor(name, count, code, offset, count // block_size * type_size, tuple(shape))
 
 
 def _check_layout(tensors: list[_Tensor], data_start: int, file_size: int) -> None:
@@ -374,3 +379,12 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     except OSError as e:
         raise BadRequest(f"cannot read model file {path}: {e.strerror}") from None
     return _cached(str(path), stat.st_size, stat.st_mtime)
+
+
+def read_tensors(path: Path) -> dict[str, tuple[GGMLQuantizationType, tuple[int, ...], np.ndarray]]:
+    """Each tensor's type, numpy shape (slowest dimension first) and raw bytes (a read-only numpy view of the
+    mapped file), from the checked header: for engines that take the weights themselves (ONNX Runtime)."""
+    _, tensors, _ = _read(Path(path))
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    return {t.name: (GGMLQuantizationType(t.ggml_type), tuple(reversed(t.shape)),
+                     raw[t.data_start + t.offset: t.data_start + t.offset + t.nbytes]) for t in tensors}
