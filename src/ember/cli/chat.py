@@ -73,9 +73,10 @@ def _set_parameter(options: dict, args: list[str]) -> None:
     err.print(f"set {name} = {options[name]}")
 
 
-def run(settings: Settings, model: str, prompt: str | None, *, preset=None, keep_alive=None, verbose=False) -> None:
+def run(settings: Settings, model: str, prompt: str | None, *, preset=None, keep_alive=None, verbose=False,
+        memory: bool | None = None) -> None:
     client = connect(settings)
-    options: dict = {}
+    options: dict = {} if memory is None else {"memory": memory}
     try:
         if prompt is not None:
             _answer(client, model, [{"role": "user", "content": prompt}], options, preset, keep_alive, verbose)

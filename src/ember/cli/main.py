@@ -70,13 +70,16 @@ def run(
     preset: str | None = typer.Option(None, help="balanced, creative, factual, concise or long-form"),
     keep_alive: str | None = typer.Option(None, "--keepalive", help="how long the server keeps the model loaded"),
     verbose: bool = typer.Option(False, "--verbose", help="print timings after each answer"),
+    memory: bool | None = typer.Option(None, "--memory/--no-memory",
+                                       help="keep this chat's turns, recall earlier ones (default: the Modelfile's)"),
 ):
     """Chat with a model, or answer one PROMPT (also read from standard input) and exit."""
     text = " ".join(prompt or [])
     if not sys.stdin.isatty():
         piped = sys.stdin.read()
         text = f"{text}\n\n{piped}".strip() if text else piped.strip()
-    chat_cli.run(_settings(), model, text or None, preset=preset, keep_alive=keep_alive, verbose=verbose)
+    chat_cli.run(_settings(), model, text or None, preset=preset, keep_alive=keep_alive, verbose=verbose,
+                 memory=memory)
 
 
 @app.command("list")

@@ -48,6 +48,9 @@ class Options(BaseModel):
     # clients that drop the `citations` field.
     collections: list[str] | None = None
     cite_sources: bool | None = None
+    # Conversation memory: past turns with this model are kept in its collection memory-<model> and the ones that
+    # bear on a new question are recalled into its system message.
+    memory: bool | None = None
 
     @field_validator("stop", mode="before")
     @classmethod

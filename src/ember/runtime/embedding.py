@@ -58,13 +58,18 @@ def _embed(engine: Embedder, request: EmbedRequest, cancel: threading.Event) -> 
             log.warning("embed: input[%d] truncated from %d to %d tokens", i, len(tokens), engine.n_ctx)
             tokens = tokens[: engine.n_ctx - len(end)] + end if end and tokens[-1:] == end else tokens[: engine.n_ctx]
         token_lists.append(tokens)
-    vectors: list[list[float]] = []
-    for batch in batches(token_lists, BATCH_TOKENS):
+    # Sent shortest first, so that each batch holds inputs of about one length (an engine that pads, as ONNX Runtime
+    # does, pads little); the vectors are put back in the request's order.
+    order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
+    done: list[list[float]] = []
+    for batch in batches([token_lists[i] for i in order], BATCH_TOKENS):
         if cancel.is_set():
-            break
-        vectors += engine.embed(batch)
-    if cancel.is_set() and len(vectors) < len(request.inputs):
-        log.info("embed: cancelled after %d of %d inputs", len(vectors), len(request.inputs))
+            log.info("embed: cancelled after %d of %d inputs", len(done), len(request.inputs))
+            return [], sum(map(len, token_lists))
+        done += engine.embed(batch)
+    vectors: list[list[float]] = [[] for _ in order]
+    for i, vector in zip(order, done):
+        vectors[i] = vector
     if request.normalize:
         vectors = [normalize(v) for v in vectors]
     return vectors, sum(map(len, token_lists))

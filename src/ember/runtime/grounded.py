@@ -35,12 +35,11 @@ class Grounding:
 
 
 def question_of(request: GenerateRequest) -> str:
+    """The latest user message (or the prompt); empty when there is none."""
     for message in reversed(request.messages or []):
         if message.role == "user" and message.content.strip():
             return message.content
-    if request.prompt and request.prompt.strip():
-        return request.prompt
-    raise BadRequest("collections were given but there is no question: send a user message")
+    return request.prompt if request.prompt and request.prompt.strip() else ""
 
 
 async def search(collections: Collections, names: list[str], question: str, k: int,
@@ -68,18 +67,22 @@ async def ground(collections: Collections, request: GenerateRequest, options: Op
     if not names:
         return None
     question = question_of(request)
+    if not question:
+        raise BadRequest("collections were given but there is no question: send a user message")
     hits, collection_of, relevant = await search(collections, names, question, options.rag_top_k or DEFAULT_TOP_K)
     if not relevant:
         return Grounding(request, [], {}, grounding.nothing_found(question, names))
-    prompt = grounding.system_prompt(hits, options.grounding_prompt)
+    grounded = with_system(request, grounding.system_prompt(hits, options.grounding_prompt))
+    return Grounding(grounded, hits, collection_of, None, bool(options.cite_sources))
+
+
+def with_system(request: GenerateRequest, text: str) -> GenerateRequest:
+    """`text` put in front of the request's system message (one system message: some templates refuse two)."""
     if request.messages is not None:
-        # One system message (some templates refuse two): the sources first, the user's own system text after.
         messages = list(request.messages)
         if messages and messages[0].role == "system":
-            messages[0] = replace(messages[0], content=f"{prompt}\n\n{messages[0].content}")
+            messages[0] = replace(messages[0], content=f"{text}\n\n{messages[0].content}")
         else:
-            messages.insert(0, Message("system", prompt))
-        grounded = replace(request, messages=messages)
-    else:
-        grounded = replace(request, system=f"{prompt}\n\n{request.system}" if request.system else prompt)
-    return Grounding(grounded, hits, collection_of, None, bool(options.cite_sources))
+            messages.insert(0, Message("system", text))
+        return replace(request, messages=messages)
+    return replace(request, system=f"{text}\n\n{request.system}" if request.system else text)

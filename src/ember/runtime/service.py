@@ -1,6 +1,7 @@
 """The runtime as the API and the CLI see it: requests in, events out, over one store, one scheduler and the jobs."""
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -13,11 +14,14 @@ from ember.core.types import Done, Embeddings, EmbedRequest, Event, GenerateRequ
 from ember.engines.base import EngineFactory, Role
 from ember.ops.metrics import Metrics, RuntimeState
 from ember.rag.collections import Collections
-from ember.runtime import embedding, generation, grounded
+from ember.runtime import embedding, generation, grounded, memory
 from ember.runtime.jobs import Jobs
 from ember.runtime.plan import plan
 from ember.runtime.scheduler import Loaded, Scheduler
+from ember.store.names import parse_name
 from ember.store.store import ModelStore
+
+log = logging.getLogger("ember.runtime")
 
 
 class Runtime:
@@ -32,6 +36,7 @@ class Runtime:
         self.jobs = Jobs()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.collections = Collections(settings.home / "collections", self.embed_from_thread)
+        self._remembering: set[asyncio.Task] = set()  # turns being written to memory (held: tasks are weakly kept)
         self.ready = False  # true from start() until draining begins: what /health reports
         self.draining = False
         self.metrics = Metrics(self.state)
@@ -58,17 +63,27 @@ class Runtime:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
         """Events for one request, ending with Done. Closing the iterator early cancels the generation."""
-        found = await self._ground(request)
+        self._loop = asyncio.get_running_loop()  # searching and remembering embed from worker threads, on this loop
+        options = await self._options(request)
+        found = await self._ground(request, options)
         if found and found.nothing_found is not None:  # said without the model, which would make an answer up
             yield Token(found.nothing_found)
             yield Done("stop", found.nothing_found, 0, 0, citations=[])
             return
         if found:
             request = found.request
+        question = grounded.question_of(request) if options and options.memory and request.is_chat else ""
+        if question:
+            recalled = await asyncio.to_thread(memory.recall, self.collections, str(parse_name(request.model)),
+                                               request, question)
+            if recalled:
+                request = grounded.with_system(request, memory.prompt(recalled))
         async with aclosing(generation.generate(self.scheduler, self.store, self.settings, request)) as events:
             async for event in events:
                 if isinstance(event, Done):
                     self.metrics.generation_done(request.model, event)
+                    if question and event.reason in ("stop", "length"):
+                        self._remember(str(parse_name(request.model)), question, event.text)
                     if found:
                         if found.cite_in_text:
                             yield Token(found.sources_text())
@@ -76,15 +91,30 @@ class Runtime:
                         event = replace(event, citations=found.citations)
                 yield event
 
-    async def _ground(self, request: GenerateRequest) -> "grounded.Grounding | None":
-        """The sources for a request that names collections (itself, by its options, or by its model's Modelfile)."""
+    async def _options(self, request: GenerateRequest) -> Options | None:
+        """The request's options over its Modelfile's, for the chats and the requests that may ground or remember
+        (None for a plain completion: reading the store is not needed for it)."""
         if not request.is_chat and request.collections is None and request.options.collections is None:
             return None  # a completion grounds only when asked in the request (its model may be bound for chats)
-        options = await asyncio.to_thread(grounded.options_of, self.store, request)
-        if not (request.collections or options.collections):
+        return await asyncio.to_thread(grounded.options_of, self.store, request)
+
+    async def _ground(self, request: GenerateRequest, options: Options | None) -> "grounded.Grounding | None":
+        """The sources for a request that names collections (itself, by its options, or by its model's Modelfile)."""
+        if options is None or not (request.collections or options.collections):
             return None
-        self._loop = asyncio.get_running_loop()  # the search embeds from a worker thread, on this loop
         return await grounded.ground(self.collections, request, options)
+
+    def _remember(self, model: str, question: str, answer: str) -> None:
+        """Keep a finished turn in the model's memory, after the answer has gone out (embedding it takes a moment)."""
+        async def keep() -> None:
+            try:
+                await asyncio.to_thread(memory.remember, self.collections, model, question, answer)
+            except Exception:  # the answer is delivered; a memory that could not be kept is only logged
+                log.exception("could not remember a turn with %s", model)
+
+        task = asyncio.get_running_loop().create_task(keep())
+        self._remembering.add(task)
+        task.add_done_callback(self._remembering.discard)
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
         result = await embedding.embed(self.scheduler, self.store, self.settings, request)
