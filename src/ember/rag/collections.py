@@ -176,7 +176,8 @@ class Collections:
         gone = []
         for path in paths:
             key = source_key(path)
-            gone += [k for k in known if k == key or k.startswith(key.rstrip("/") + "/")]
+            # str(path): a source that is not a file (a remembered turn, "memory:…") is named as `show` lists it.
+            gone += [k for k in known if k in (key, str(path)) or k.startswith(key.rstrip("/") + "/")]
         if not gone:
             raise NotFound(f"collection '{name}' holds nothing at {', '.join(map(str, paths))}; "
                            f"ember rag show {name} lists its files")

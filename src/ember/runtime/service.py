@@ -59,6 +59,8 @@ class Runtime:
         self.draining, self.ready = True, False
 
     async def close(self) -> None:
+        if self._remembering:  # turns still being kept (`ember run` without a server exits right after its answer)
+            await asyncio.wait(self._remembering, timeout=30)
         await self.scheduler.close()
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
