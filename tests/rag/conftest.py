@@ -1,10 +1,15 @@
-"""Collections over the real bundled embedding models on llama.cpp, behind the `Embed` seam, counted."""
+"""Collections over the real bundled embedding models, on the engine the server picks, behind the `Embed` seam,
+counted."""
+
+import threading
 
 import pytest
 
+from ember.core.types import EmbedRequest
 from ember.engines.base import LoadSpec, Role
+from ember.engines.registry import Engines
 from ember.rag.collections import Collections
-from ember.runtime.embedding import normalize
+from ember.runtime.embedding import _embed
 from ember.store.store import ModelStore
 
 
@@ -18,15 +23,11 @@ class CountingEmbedder:
         self.texts = 0
 
     def __call__(self, model: str, texts: list[str]) -> list[list[float]]:
-        from ember.engines.llamacpp import LlamaCppEmbedder
-
         if model not in self.engines:
             path = self.store.get(model).model_path
-            self.engines[model] = LlamaCppEmbedder(LoadSpec(path, role=Role.EMBED, num_ctx=512))
-        engine = self.engines[model]
+            self.engines[model] = Engines().load(LoadSpec(path, role=Role.EMBED, num_ctx=512))
         self.texts += len(texts)
-        tokens = [engine.tokenize(t, special=False)[: engine.n_ctx] for t in texts]
-        return [normalize(v) for v in engine.embed(tokens)]
+        return _embed(self.engines[model], EmbedRequest(model, texts), threading.Event())[0]
 
     def close(self) -> None:
         for engine in self.engines.values():

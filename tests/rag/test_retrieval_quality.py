@@ -61,10 +61,12 @@ def test_recall_at_5_per_language_and_mode(corpus):
     print("\nmode     id     x rank question (x: asked in the other language)")
     print("\n".join(rows))
     print("\nrecall@5   " + "   ".join(f"{m}: en {r['en']:.2f} ru {r['ru']:.2f}" for m, r in recall.items()))
-    # Floors at what was measured (2026-11-23: keyword 0.70 / 0.73, vector 0.93 / 0.87, hybrid 0.73 / 0.83), so that
-    # a change that finds less fails here. The goal (≥ 0.9 in each language, hybrid + rerank above both
-    # alone) is not met yet: every miss of the vector search is a question asked across languages, and BM25 pulls
-    # same-language distractors into the fusion; a multilingual reranker is what is missing (none ships in a wheel).
-    floors = {"keyword": (0.65, 0.7), "vector": (0.9, 0.85), "hybrid": (0.7, 0.8)}
+    # Floors at what was measured (2026-11-23, ONNX Runtime: keyword 0.73 / 0.77, vector 0.93 / 0.87, hybrid 0.93 /
+    # 0.93), so that a change that finds less fails here; hybrid at the goal (>= 0.9 in each language) and
+    # never below either side alone. No reranker follows: none ships in a wheel here (a cross-encoder GGUF a user
+    # imports can be named with rerank_model).
+    floors = {"keyword": (0.7, 0.73), "vector": (0.9, 0.85), "hybrid": (0.9, 0.9)}
     for mode, (en, ru) in floors.items():
         assert recall[mode]["en"] >= en and recall[mode]["ru"] >= ru, (mode, recall)
+    for lang in ("en", "ru"):
+        assert recall["hybrid"][lang] >= max(recall["vector"][lang], recall["keyword"][lang]), recall
