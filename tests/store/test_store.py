@@ -55,6 +55,12 @@ def test_pull_refuses_names_outside_the_catalog(store):
         store.pull("../smollm2")
 
 
+def test_a_bundled_model_ember_picks_is_pulled_once(store):
+    assert store.ensure_bundled("minilm") and store.exists("minilm:latest")
+    assert not store.ensure_bundled("minilm")  # already there
+    assert not store.ensure_bundled("llama3") and not store.exists("llama3")  # not bundled: left to the caller's error
+
+
 def test_show_smollm2(pulled):
     pulled.pull("smollm2")
     shown = describe(pulled.get("smollm2"))

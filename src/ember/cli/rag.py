@@ -22,6 +22,7 @@ from ember.rag import grounding
 from ember.rag.collections import DEFAULT_EMBED_MODEL, Collections
 from ember.rag.retrieve import MODES
 from ember.runtime.jobs import Job
+from ember.store.store import ModelStore
 
 rag_app = typer.Typer(no_args_is_help=True, help="Ask your documents: collections, search, answers with citations.")
 out = Console()
@@ -34,7 +35,9 @@ class _Session:
     def __init__(self) -> None:
         self.settings = Settings.from_env()
         self.client = connect(self.settings)
-        self.collections = Collections(self.settings.home / "collections", self.client.embed)
+        # The store is shared with a running server: a bundled embedding model pulled here is one it can load.
+        self.collections = Collections(self.settings.home / "collections", self.client.embed,
+                                       ModelStore(self.settings.models).ensure_bundled)
 
     def __enter__(self) -> "_Session":
         return self

@@ -104,9 +104,10 @@ def expand(paths: list[Path]) -> Iterator[tuple[Path, str | None]]:
 
 
 class Collections:
-    def __init__(self, root: Path, embed: Embed):
+    def __init__(self, root: Path, embed: Embed, prepare: Callable[[str], object] | None = None):
         self.root = Path(root)
         self.embed = embed
+        self.prepare = prepare  # called with the embedding model before a collection is made (to pull a bundled one)
         self._indexes: dict[str, tuple[int, SqliteIndex]] = {}  # name → (the file's inode, its index)
 
     def _path(self, name: str) -> Path:
@@ -132,6 +133,8 @@ class Collections:
             raise BadRequest(f"collection '{name}' already exists; add files with: ember rag add {name} PATH")
         model = embed_model or DEFAULT_EMBED_MODEL
         known = KNOWN_PREFIXES.get(model.split(":")[0], ("", ""))
+        if self.prepare:
+            self.prepare(model)
         probe = self.embed(model, ["dimension probe"])  # also proves the model exists and can embed
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp-{path.name}")

@@ -35,7 +35,7 @@ class Runtime:
         self.scheduler = Scheduler(settings, factory, clock=clock, memory_budget=memory_budget)
         self.jobs = Jobs()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.collections = Collections(settings.home / "collections", self.embed_from_thread)
+        self.collections = Collections(settings.home / "collections", self.embed_from_thread, store.ensure_bundled)
         self._remembering: set[asyncio.Task] = set()  # turns being written to memory (held: tasks are weakly kept)
         self.ready = False  # true from start() until draining begins: what /health reports
         self.draining = False

@@ -357,6 +357,14 @@ class ModelStore:
 
     # -- bundled models --------------------------------------------------------------------------------------------
 
+    def ensure_bundled(self, raw: str) -> bool:
+        """Pull `raw` if it is a bundled model not yet in the store (offline, from its package): for a model ember
+        picks itself, such as the embedding model of collections, which the user never named. True if pulled."""
+        if self.exists(raw) or bundled.find(parse_name(raw)) is None:
+            return False
+        self.pull(raw)
+        return True
+
     def pull(self, raw: str, report: Report = _silent) -> Model:
         name = parse_name(raw)
         entry = bundled.find(name)
