@@ -107,3 +107,20 @@ def test_a_model_bound_to_a_collection_by_its_modelfile(api, harbor):
         assert reply["citations"][0]["file"] == "guide.md"
     finally:
         api.request("DELETE", "/api/delete", json={"model": "harbor-bot"})
+
+
+def test_a_rerank_model_reorders_what_is_found(api, harbor):
+    body = {"query": "Who opens the tower to visitors?", "k": 2}
+    plain = api.post(f"/api/collections/{harbor}/query", json=body).json()
+    reranked = api.post(f"/api/collections/{harbor}/query", json={**body, "rerank_model": "minilm"}).json()
+    assert reranked["rerank_model"] == "minilm" and "Ada Brennick" in reranked["results"][0]["text"]
+    scores = [r["score"] for r in reranked["results"]]
+    assert scores == sorted(scores, reverse=True) and scores != [r["score"] for r in plain["results"]]
+    assert -1 <= scores[0] <= 1  # cosines (minilm as a bi-encoder), not fused rank scores
+    chat = {"model": "smollm2", "stream": False, "collections": [harbor],
+            "messages": [{"role": "user", "content": "Who keeps the lighthouse?"}],
+            "options": {**QUICK, "rerank_model": "minilm"}}
+    reply = api.post("/api/chat", json=chat).json()
+    assert "Ada Brennick" in reply["citations"][0]["text"]
+    bad = api.post(f"/api/collections/{harbor}/query", json={**body, "rerank_model": "smollm2"})
+    assert bad.status_code == 400 and "not an embedding or reranking model" in bad.text

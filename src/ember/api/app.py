@@ -8,7 +8,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 
 from ember import __version__
-from ember.api import backups, collections, errors, health, jobs, ollama, openai
+from ember.api import backups, collections, errors, health, jobs, ollama, openai, rerank
 from ember.config import Settings
 from ember.engines.base import EngineFactory
 from ember.ops.backup import BackupSchedule
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
     app.include_router(openai.router)
     app.include_router(jobs.router)
     app.include_router(collections.router)
+    app.include_router(rerank.router)
     app.include_router(health.router)
     app.include_router(backups.router)
     # Outermost last. A request passes: the request log (id, metrics), the browser guard (so nothing else runs for a

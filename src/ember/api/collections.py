@@ -46,6 +46,7 @@ class QueryBody(Body):
     query: str
     k: int = Field(default=5, ge=1, le=100)
     mode: str = "hybrid"
+    rerank_model: str | None = None
 
 
 def _collections(request: Request):
@@ -119,5 +120,7 @@ async def remove_files(name: str, body: RemoveFilesBody, request: Request):
 @router.post("/api/collections/{name}/query")
 async def query_collection(name: str, body: QueryBody, request: Request):
     runtime = common.runtime(request)
-    hits, _, _ = await grounded.search(runtime.collections, [name], body.query, body.k, body.mode)
-    return {"collection": name, "query": body.query, "mode": body.mode, "results": [h.as_dict() for h in hits]}
+    hits, _, _ = await grounded.search(runtime.collections, [name], body.query, body.k, body.mode,
+                                       runtime.reranker(body.rerank_model))
+    return {"collection": name, "query": body.query, "mode": body.mode, "rerank_model": body.rerank_model,
+            "results": [h.as_dict() for h in hits]}

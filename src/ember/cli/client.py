@@ -76,6 +76,13 @@ class HttpClient:
     def embed(self, model: str, texts: list[str]) -> list[list[float]]:
         return self.request("POST", "/api/embed", json={"model": model, "input": texts})["embeddings"]
 
+    def rerank(self, model: str, query: str, documents: list[str]) -> list[float]:
+        results = self.request("POST", "/api/rerank", json={"model": model, "query": query, "documents": documents})
+        scores = [0.0] * len(documents)
+        for r in results["results"]:
+            scores[r["index"]] = r["relevance_score"]
+        return scores
+
     def close(self) -> None:
         self.http.close()
 
@@ -121,6 +128,13 @@ class LocalClient:
 
     def embed(self, model: str, texts: list[str]) -> list[list[float]]:
         return self.loop.run_until_complete(self.runtime.embed(EmbedRequest(model, texts))).vectors
+
+    def rerank(self, model: str, query: str, documents: list[str]) -> list[float]:
+        from ember.core.options import Options
+        from ember.runtime.rerank import RerankRequest
+
+        request = RerankRequest(model, query, documents, Options())
+        return self.loop.run_until_complete(self.runtime.rerank(request)).scores
 
     def close(self) -> None:
         self.loop.run_until_complete(self.runtime.close())

@@ -116,10 +116,12 @@ def rm(name: str, paths: list[Path] = typer.Argument(None, help="files or folder
 @rag_app.command(no_args_is_help=True)
 def query(name: str, question: str, k: int = typer.Option(5, "-k", min=1, max=100, help="how many chunks"),
           mode: str = typer.Option("hybrid", "--mode", help=f"{', '.join(MODES)}"),
+          rerank_model: str | None = typer.Option(None, "--rerank-model", help="a model that reranks what is found"),
           as_json: bool = typer.Option(False, "--json", help="one JSON object")):
     """The chunks that best answer a question, with scores and sources."""
     with _Session() as s:
-        hits, _ = s.collections.search(name, question, k, mode)
+        rerank = (lambda q, docs: s.client.rerank(rerank_model, q, docs)) if rerank_model else None
+        hits, _ = s.collections.search(name, question, k, mode, rerank)
     if as_json:
         out.print(json.dumps([h.as_dict() for h in hits], ensure_ascii=False), markup=False, highlight=False,
                   soft_wrap=True)
@@ -138,12 +140,14 @@ def query(name: str, question: str, k: int = typer.Option(5, "-k", min=1, max=10
 def ask(name: str = typer.Argument(..., help="the collection (several: name1,name2)"),
         question: str = typer.Argument(...),
         model: str = typer.Option("smollm2", "--model", "-m", help="the model that writes the answer"),
-        preset: str | None = typer.Option(None, "--preset", help="sampling preset: factual, concise, …")):
+        preset: str | None = typer.Option(None, "--preset", help="sampling preset: factual, concise, …"),
+        rerank_model: str | None = typer.Option(None, "--rerank-model", help="a model that reranks the sources")):
     """An answer grounded in the collection, streamed, with numbered citations to file, page and heading."""
     names = [n for n in name.split(",") if n]
     with _Session() as s:
         stats: dict = {}
-        for item in s.client.chat(model, [{"role": "user", "content": question}], {}, preset, collections=names):
+        options = {"rerank_model": rerank_model} if rerank_model else {}
+        for item in s.client.chat(model, [{"role": "user", "content": question}], options, preset, collections=names):
             if isinstance(item, dict):
                 stats = item
             else:

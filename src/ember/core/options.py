@@ -51,6 +51,9 @@ class Options(BaseModel):
     # Conversation memory: past turns with this model are kept in its collection memory-<model> and the ones that
     # bear on a new question are recalled into its system message.
     memory: bool | None = None
+    # A model that reranks the chunks a question finds before they go into the prompt: a cross-encoder GGUF (or an
+    # embedding model, by cosine).
+    rerank_model: str | None = None
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -7,7 +7,7 @@ with the square of the whole batch; ONNX Runtime's fused encoder kernels attend 
 (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu: what onnxruntime.transformers' optimiser fuses
 an exported BERT into), so the store keeps one file per model and no exporter (torch) is needed to serve. Quantized
 matrices are dequantized to f32 here; tokenizing stays llama.cpp's (its vocabulary alone is loaded), so both engines
-see the same tokens.
+see the same tokens. Quantized encoders stay on llama.cpp (see `can_run`).
 """
 
 import numpy as np
@@ -18,7 +18,7 @@ from ember.engines.coalesce import Coalesced
 from ember.store.gguf_info import read_tensors
 
 # LLAMA_POOLING_TYPE_* as the GGUF stores them: what the engine does with the last hidden states.
-POOL_MEAN, POOL_CLS = 1, 2
+POOL_MEAN, POOL_CLS, POOL_RANK = 1, 2, 4
 # Inputs run together: sorted by length so each group pads little; a group stops at this many padded tokens. Small
 # groups won here (MiniLM, 2 cores, texts of ~150 tokens: 40 texts/s at 256–512 tokens a group, 37 at 1024, 30 at
 # 4096), as the working set stays in cache.
@@ -38,10 +38,15 @@ def available() -> bool:
 
 
 def can_run(info) -> bool:
-    """An encoder this engine builds: plain BERT (and XLM-RoBERTa, stored as BERT) with mean or CLS pooling."""
+    """An encoder this engine builds: plain BERT (and XLM-RoBERTa, stored as BERT) with mean or CLS pooling, or a
+    cross-encoder (RANK pooling: a relevance score per query and document), with f32 or f16 weights.
+
+    A quantized one stays on llama.cpp, which keeps it quantized: here it would be dequantized to f32 at every load
+    (multilingual-e5's Q4_0: 74 MB became 470 MB and took ~6 s to load, for 1.35x the texts per second)."""
     arch = info.architecture
     pooling = info.model_info.get(f"{arch}.pooling_type")
-    return arch == "bert" and pooling in (POOL_MEAN, POOL_CLS) and available()
+    return (arch == "bert" and pooling in (POOL_MEAN, POOL_CLS, POOL_RANK) and info.quantization in ("F32", "F16")
+            and available())
 
 
 def _tensors(path) -> dict[str, np.ndarray]:
@@ -57,6 +62,23 @@ def _tensors(path) -> dict[str, np.ndarray]:
             data = dequantize(raw, kind).astype(np.float32, copy=False)
         out[name] = data.reshape(shape)
     return out
+
+
+def _rank_head(path):
+    """A cross-encoder's head on the [CLS] hidden state, as llama.cpp's RANK pooling applies it: an optional dense
+    layer with tanh (BERT's pooler, RoBERTa's classifier dense), then the output layer (`cls.output`)."""
+    w = _tensors(path)
+    if "cls.output.weight" not in w:
+        raise BadRequest(f"{path.name} says it ranks (pooling RANK) but has no cls.output head")
+    dense = (w["cls.weight"], w.get("cls.bias", 0.0)) if "cls.weight" in w else None
+    out_w, out_b = w["cls.output.weight"], w.get("cls.output.bias", 0.0)
+
+    def head(cls: np.ndarray) -> np.ndarray:
+        if dense is not None:
+            cls = np.tanh(cls @ dense[0].T + dense[1])
+        return cls @ out_w.T + out_b
+
+    return head
 
 
 def build_graph(path, info) -> bytes:
@@ -134,6 +156,9 @@ class OnnxBertEmbedder:
         self._dims = int(info.model_info[f"{info.architecture}.embedding_length"])
         self.n_ctx_train = int(info.model_info.get(f"{info.architecture}.context_length", 512))
         self.n_ctx = min(spec.num_ctx, self.n_ctx_train)  # positions beyond the trained ones have no embedding
+        self._tokenizer_model = info.model_info.get("tokenizer.ggml.model", "bert")
+        self._type_count = int(info.model_info.get("tokenizer.ggml.token_type_count", 1) or 1)
+        self._head = _rank_head(spec.model_path) if self._pooling == POOL_RANK else None
         graph = build_graph(spec.model_path, info)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
@@ -152,6 +177,40 @@ class OnnxBertEmbedder:
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return self._tokens.tokenize(text, special=special)
+
+    @property
+    def ranks(self) -> bool:
+        """A cross-encoder: it scores pairs (`score_pairs`) rather than embedding texts."""
+        return self._head is not None
+
+    def pair(self, query: list[int], document: list[int]) -> tuple[list[int], list[int]]:
+        """One input from a tokenized query and document (each as `tokenize` gives it, with its own start and end
+        marks) and its token types, as the model was trained: BERT's [CLS] q [SEP] d [SEP], the document's part of
+        type 1; XLM-RoBERTa's <s> q </s></s> d </s>, one type. The document is cut to fit the window."""
+        if self._tokenizer_model == "bert":
+            tokens, rest = query, document[1:]  # the document's [CLS] dropped
+        else:
+            tokens, rest = query + query[-1:], document[1:]  # </s></s> between them
+        room = self.n_ctx - len(tokens)
+        if room < 2:
+            raise BadRequest(f"the query is {len(query)} tokens: too long for the model's window ({self.n_ctx})")
+        if len(rest) > room:
+            rest = rest[: room - 1] + rest[-1:]  # cut, its end mark kept
+        second = 1 if self._type_count > 1 and self._tokenizer_model == "bert" else 0
+        return tokens + rest, [0] * len(tokens) + [second] * len(rest)
+
+    def score_pairs(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        """The cross-encoder's relevance score (its head's first output, a logit) for each (tokens, types) pair."""
+        if self._head is None:
+            raise BadRequest("this model embeds texts; it has no relevance head to score pairs")
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
+        scores: list[float] = [0.0] * len(pairs)
+        for start in range(0, len(order), 8):
+            group = order[start:start + 8]
+            hidden = self._hidden([pairs[i][0] for i in group], [pairs[i][1] for i in group])
+            for i, row in zip(group, self._head(hidden[:, 0])):
+                scores[i] = float(row[0])
+        return scores
 
     def status(self) -> EngineStatus:
         return EngineStatus(weights_bytes=self._weights_bytes, cache_bytes=WORK_BYTES, context=self.n_ctx, slots=1,
@@ -179,19 +238,26 @@ class OnnxBertEmbedder:
             start = end
         return out  # type: ignore[return-value]
 
-    def _run(self, token_lists: list[list[int]]) -> list[list[float]]:
+    def _hidden(self, token_lists: list[list[int]], type_lists: list[list[int]] | None = None) -> np.ndarray:
         length = max(map(len, token_lists))
         ids = np.zeros((len(token_lists), length), dtype=np.int32)
-        mask = np.zeros_like(ids)
+        types, mask = np.zeros_like(ids), np.zeros_like(ids)
         for row, tokens in enumerate(token_lists):
             ids[row, :len(tokens)] = tokens
             mask[row, :len(tokens)] = 1
-        hidden = self._session.run(None, {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
-                                          "attention_mask": mask})[0]
-        if self._pooling == POOL_CLS:
+            if type_lists:
+                types[row, :len(tokens)] = type_lists[row]
+        return self._session.run(None, {"input_ids": ids, "token_type_ids": types, "attention_mask": mask})[0]
+
+    def _run(self, token_lists: list[list[int]]) -> list[list[float]]:
+        hidden = self._hidden(token_lists)
+        mask = np.zeros(hidden.shape[:2], dtype=np.float32)
+        for row, tokens in enumerate(token_lists):
+            mask[row, :len(tokens)] = 1
+        if self._pooling in (POOL_CLS, POOL_RANK):
             pooled = hidden[:, 0]
         else:
-            weights = mask[..., None].astype(np.float32)
+            weights = mask[..., None]
             pooled = (hidden * weights).sum(1) / weights.sum(1)
         return pooled.tolist()
 

@@ -63,7 +63,8 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
         ("GET", "/v1/models"), ("GET", "/v1/models/{name:path}"), ("GET", "/metrics"),
         ("GET", "/openapi.json"), ("HEAD", "/openapi.json"), ("GET", "/docs"), ("HEAD", "/docs"),
         ("GET", "/docs/oauth2-redirect"), ("HEAD", "/docs/oauth2-redirect"), ("GET", "/api/collections"),
-        ("GET", "/api/collections/{name}"), ("POST", "/api/collections/{name}/query"))},
+        ("GET", "/api/collections/{name}"), ("POST", "/api/collections/{name}/query"), ("POST", "/api/rerank"),
+        ("POST", "/v1/rerank"), ("POST", "/rerank"), ("POST", "/v1/reranking"))},
     **{(method, path): Access.MANAGE for method, path in (
         ("POST", "/api/copy"), ("DELETE", "/api/delete"), ("POST", "/api/pull"), ("POST", "/api/push"),
         ("POST", "/api/create"),

@@ -13,7 +13,7 @@ from ember.core.options import Options, resolve
 from ember.core.types import GenerateRequest, Message
 from ember.rag import grounding
 from ember.rag.collections import Collections
-from ember.rag.retrieve import Hit
+from ember.rag.retrieve import Hit, Rerank
 
 DEFAULT_TOP_K = 4  # sources in the prompt: enough for an answer, few enough for a small model's window
 
@@ -42,16 +42,16 @@ def question_of(request: GenerateRequest) -> str:
     return request.prompt if request.prompt and request.prompt.strip() else ""
 
 
-async def search(collections: Collections, names: list[str], question: str, k: int,
-                 mode: str = "hybrid") -> tuple[list[Hit], dict[int, str], bool]:
+async def search(collections: Collections, names: list[str], question: str, k: int, mode: str = "hybrid",
+                 rerank: Rerank | None = None) -> tuple[list[Hit], dict[int, str], bool]:
     """The best `k` chunks over all `names`, their collections, and whether any is relevant enough to answer from."""
     found: list[tuple[str, Hit]] = []
     relevant = False
     for name in names:
-        hits, close = await asyncio.to_thread(collections.search, name, question, k, mode)
+        hits, close = await asyncio.to_thread(collections.search, name, question, k, mode, rerank)
         relevant = relevant or close
         found += [(name, hit) for hit in hits]
-    found.sort(key=lambda item: -item[1].score)  # fused scores: comparable across collections (ranks, not cosines)
+    found.sort(key=lambda item: -item[1].score)  # fused (ranks) or reranked scores: comparable across collections
     best = found[:k]
     return [hit for _, hit in best], {id(hit): name for name, hit in best}, relevant
 
@@ -61,7 +61,8 @@ def options_of(store, request: GenerateRequest) -> Options:
     return resolve(store.get(request.model).params, request.options, request.preset)
 
 
-async def ground(collections: Collections, request: GenerateRequest, options: Options) -> Grounding | None:
+async def ground(collections: Collections, request: GenerateRequest, options: Options,
+                 rerank: Rerank | None = None) -> Grounding | None:
     """None when the request names no collections (in its body, its options or its model's Modelfile)."""
     names = list(dict.fromkeys(request.collections or options.collections or []))
     if not names:
@@ -69,7 +70,8 @@ async def ground(collections: Collections, request: GenerateRequest, options: Op
     question = question_of(request)
     if not question:
         raise BadRequest("collections were given but there is no question: send a user message")
-    hits, collection_of, relevant = await search(collections, names, question, options.rag_top_k or DEFAULT_TOP_K)
+    hits, collection_of, relevant = await search(collections, names, question, options.rag_top_k or DEFAULT_TOP_K,
+                                                 rerank=rerank)
     if not relevant:
         return Grounding(request, [], {}, grounding.nothing_found(question, names))
     grounded = with_system(request, grounding.system_prompt(hits, options.grounding_prompt))

@@ -14,7 +14,8 @@ from ember.core.types import Done, Embeddings, EmbedRequest, Event, GenerateRequ
 from ember.engines.base import EngineFactory, Role
 from ember.ops.metrics import Metrics, RuntimeState
 from ember.rag.collections import Collections
-from ember.runtime import embedding, generation, grounded, memory
+from ember.rag.retrieve import Rerank
+from ember.runtime import embedding, generation, grounded, memory, rerank
 from ember.runtime.jobs import Jobs
 from ember.runtime.plan import plan
 from ember.runtime.scheduler import Loaded, Scheduler
@@ -104,7 +105,7 @@ class Runtime:
         """The sources for a request that names collections (itself, by its options, or by its model's Modelfile)."""
         if options is None or not (request.collections or options.collections):
             return None
-        return await grounded.ground(self.collections, request, options)
+        return await grounded.ground(self.collections, request, options, self.reranker(options.rerank_model))
 
     def _remember(self, model: str, question: str, answer: str) -> None:
         """Keep a finished turn in the model's memory, after the answer has gone out (embedding it takes a moment)."""
@@ -117,6 +118,23 @@ class Runtime:
         task = asyncio.get_running_loop().create_task(keep())
         self._remembering.add(task)
         task.add_done_callback(self._remembering.discard)
+
+    async def rerank(self, request: "rerank.RerankRequest") -> "rerank.Reranked":
+        return await rerank.rerank(self.scheduler, self.store, self.settings, request)
+
+    def reranker(self, model: str | None) -> "Rerank | None":
+        """Retrieval's rerank step with `model`, or None for none."""
+        if not model:
+            return None
+        self._loop = asyncio.get_running_loop()
+        return lambda query, documents: self.rerank_from_thread(model, query, documents)
+
+    def rerank_from_thread(self, model: str, query: str, documents: list[str]) -> list[float]:
+        """Scores for a search on a worker thread (a grounded chat's, `ember rag query`'s), computed on the loop."""
+        if self._loop is None:
+            raise RuntimeError("the runtime is not started")
+        request = rerank.RerankRequest(model, query, documents, Options())
+        return asyncio.run_coroutine_threadsafe(self.rerank(request), self._loop).result().scores
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
         result = await embedding.embed(self.scheduler, self.store, self.settings, request)

@@ -105,9 +105,11 @@ def bert_to_gguf(src: Path, dst: Path, *, name: str, ftype: str = "f32") -> Path
         with safe_open(src / "model.safetensors", "np") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 hf = key.removeprefix("bert.")
-                if hf in DROPPED or hf.startswith("cls."):
+                if pooling == POOLING_RANK and hf.startswith("pooler.dense."):  # a cross-encoder's pooler: its head
+                    tname = "cls." + hf.rsplit(".", 1)[1]
+                elif hf in DROPPED or hf.startswith("cls."):
                     continue
-                if hf.startswith("classifier."):  # a cross-encoder's head, named as llama.cpp's converter names it
+                elif hf.startswith("classifier."):  # a cross-encoder's head, named as llama.cpp's converter names it
                     tname = "cls.output." + hf.split(".", 1)[1]
                 else:
                     tname = names.get_name(hf, try_suffixes=(".weight", ".bias"))
