@@ -110,3 +110,18 @@ def test_engine_choice(ember_home, monkeypatch):
     monkeypatch.setenv("EMBER_EMBED_ENGINE", "tensorflow")
     with pytest.raises(SystemExit, match="EMBER_EMBED_ENGINE='tensorflow'"):
         Engines()
+
+
+def test_a_cross_encoder_is_refused_by_llama_cpp_rather_than_misread(tmp_path):
+    from ember.train.convert import bert_to_gguf
+    from tests.engines.cross_encoder import make_cross_encoder
+
+    gguf_path = bert_to_gguf(make_cross_encoder(tmp_path / "hf"), tmp_path / "ce.gguf", name="tiny reranker")
+    spec = LoadSpec(gguf_path, role=Role.EMBED, num_ctx=128)
+    with pytest.raises(BadRequest, match="is a cross-encoder: ember runs those on ONNX Runtime"):
+        Engines("llama.cpp").load(spec)
+    ranker = Engines().load(spec)
+    try:
+        assert ranker.ranks and ranker.status().runner == "onnxruntime"
+    finally:
+        ranker.close()

@@ -14,7 +14,7 @@ import pytest
 from ember.core.errors import BadRequest, NotFound
 from ember.rag.chroma_index import Unreachable
 from ember.rag.collections import Collections
-from tests.rag.test_collections import GUIDE, NOTES, report
+from tests.rag.conftest import NOTES, report
 
 RUSSIAN = """# Паром
 
@@ -56,17 +56,8 @@ def chroma_url(tmp_path_factory):
             process.kill()
 
 
-@pytest.fixture
-def docs(tmp_path):
-    folder = tmp_path / "docs"
-    (folder / "sub").mkdir(parents=True)
-    (folder / "guide.md").write_text(GUIDE, encoding="utf-8")
-    (folder / "sub" / "notes.txt").write_text(NOTES, encoding="utf-8")
-    (folder / "parom.md").write_text(RUSSIAN, encoding="utf-8")
-    return folder
-
-
 def test_a_collection_on_chroma(chroma_url, embedder, docs, tmp_path):
+    (docs / "parom.md").write_text(RUSSIAN, encoding="utf-8")
     collections = Collections(tmp_path / "unused", embedder, rag_url=chroma_url)
     info = collections.create("harbor-c")
     assert info.embed_model == "multilingual-e5" and info.dims == 384 and "harbor-c" in collections.names()
@@ -75,8 +66,8 @@ def test_a_collection_on_chroma(chroma_url, embedder, docs, tmp_path):
         collections.create("harbor-c")
 
     first = collections.add("harbor-c", [docs], report())
-    assert len(first.added) == 3 and first.embedded == first.chunks > 0
-    assert collections.info("harbor-c").files == 3
+    assert len(first.added) == 4 and len(first.failed) == 2 and first.embedded == first.chunks > 0
+    assert collections.info("harbor-c").files == 4
     hits, relevant = collections.search("harbor-c", "When does the boat to the island depart?", k=3)
     assert relevant and "07:15" in hits[0].chunk.text and hits[0].chunk.headings
     by_word, _ = collections.search("harbor-c", "Brennick", k=3, mode="keyword")
@@ -94,7 +85,7 @@ def test_a_collection_on_chroma(chroma_url, embedder, docs, tmp_path):
     assert "510,000" in budget[0].chunk.text
 
     assert [p.rsplit("/", 1)[1] for p in collections.remove("harbor-c", [docs / "sub"])] == ["notes.txt"]
-    assert collections.info("harbor-c").files == 2
+    assert collections.info("harbor-c").files == 3
     assert collections.index("harbor-c").count_chunks() == sum(s.chunks for s in collections.sources("harbor-c"))
 
     collections.delete("harbor-c")

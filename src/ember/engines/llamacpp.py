@@ -454,6 +454,10 @@ class LlamaCppEmbedder(_Vocabulary):
         self.spec = spec
         self._threads = _Plan.of(spec).threads
         info = read_gguf_info(spec.model_path)
+        if info.model_info.get(f"{info.architecture}.pooling_type") == llama_cpp.LLAMA_POOLING_TYPE_RANK:
+            # Its output is one score per sequence, not a vector; and llama.cpp gives BERT pairs no token types.
+            raise BadRequest(f"{spec.model_path.name} is a cross-encoder: ember runs those on ONNX Runtime (BERT "
+                             "family, f32/f16); unset EMBER_EMBED_ENGINE=llama.cpp, or use /api/rerank")
         pooling = (llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED if f"{info.architecture}.pooling_type" in info.model_info
                    else llama_cpp.LLAMA_POOLING_TYPE_MEAN)
         self.llm = Llama(model_path=str(spec.model_path), n_ctx=spec.num_ctx, n_batch=spec.num_ctx,

@@ -2,7 +2,7 @@
 
 llama.cpp decodes several inputs as one sequence batch and masks attention across them, so its attention cost grows
 with the square of the whole batch; ONNX Runtime's fused encoder kernels attend within each padded input. On the
-2-core machine here that made all-MiniLM-L6-v2 ~1.4x faster than llama.cpp with cosine 1.0000 between their vectors
+2-core machine here that made all-MiniLM-L6-v2 ~1.5x faster than llama.cpp with cosine 1.0000 between their vectors
 (bench/embed.py). The graph is built at load from the GGUF's own tensors with ONNX Runtime's fused encoder operators
 (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu: what onnxruntime.transformers' optimiser fuses
 an exported BERT into), so the store keeps one file per model and no exporter (torch) is needed to serve. Quantized

@@ -4,7 +4,7 @@ Each engine module is imported only when a model needs it, so that listing or sh
 (and, later, Whisper or Tesseract).
 
 Embedding encoders (BERT and kin) with f32 or f16 weights run on ONNX Runtime when it is installed, else on
-llama.cpp: the same GGUF, the same vectors, ~1.3x the texts per second here (bench/embed.py); quantized ones and
+llama.cpp: the same GGUF, the same vectors, ~1.5x the texts per second here (bench/embed.py); quantized ones and
 everything else on llama.cpp. EMBER_EMBED_ENGINE=llama.cpp keeps every model on llama.cpp.
 """
 
