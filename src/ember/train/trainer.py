@@ -303,6 +303,9 @@ def train(cfg: TrainConfig, resume: bool = False, console=None) -> Path:
     if master:
         write_report(out, cfg, mcfg, raw.num_params(), state)
     if world > 1:
+        # Torn down together: a rank that left while the master still wrote its report once aborted in gloo's
+        # teardown ("terminate called without an active exception", SIGABRT) on a loaded machine.
+        dist.barrier()
         dist.destroy_process_group()
     if interrupted:
         raise KeyboardInterrupt
