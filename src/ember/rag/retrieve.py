@@ -46,6 +46,12 @@ class Hit:
                 "vector_rank": self.vector_rank, "keyword_rank": self.keyword_rank}
 
 
+def passage(chunk: StoredChunk) -> str:
+    """What a reranker reads of a chunk: its heading path, then its text (as it was embedded: a chunk often names its
+    subject only in a heading)."""
+    return " › ".join(chunk.headings) + "\n" + chunk.text if chunk.headings else chunk.text
+
+
 def fuse(*rankings: list[int]) -> list[tuple[int, float]]:
     scores: dict[int, float] = {}
     for ranking in rankings:
@@ -79,7 +85,7 @@ def search(index: SqliteIndex, query_vector: np.ndarray | None, query: str, k: i
     hits = [Hit(chunks[cid], score, similarity.get(cid), keyword_rank.get(cid), vector_rank.get(cid))
             for cid, score in pool if cid in chunks]
     if rerank and hits:
-        scores = rerank(query, [h.chunk.text for h in hits])
+        scores = rerank(query, [passage(h.chunk) for h in hits])
         hits = sorted((Hit(h.chunk, s, h.similarity, h.keyword_rank, h.vector_rank) for h, s in zip(hits, scores)),
                       key=lambda h: -h.score)
     return hits[:k]
