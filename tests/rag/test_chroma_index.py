@@ -88,6 +88,13 @@ def test_a_collection_on_chroma(chroma_url, embedder, docs, tmp_path):
     assert collections.info("harbor-c").files == 3
     assert collections.index("harbor-c").count_chunks() == sum(s.chunks for s in collections.sources("harbor-c"))
 
+    # Deleted by another process (another Collections) between two uses: a 404, not a traceback.
+    held = collections.index("harbor-c")
+    Collections(tmp_path / "unused", embedder, rag_url=chroma_url).delete("harbor-c")
+    with pytest.raises(NotFound, match="gone from the Chroma server") as gone:
+        held.sources()
+    assert gone.value.status == 404
+    collections.create("harbor-c")
     collections.delete("harbor-c")
     assert "harbor-c" not in collections.names()
     with pytest.raises(NotFound):

@@ -21,12 +21,14 @@ chunks as the SQLite index does, and ranks the chunks found by BM25 computed her
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
 import time
 from urllib.parse import urlparse
 
+import httpx
 import numpy as np
 
 from ember.core.errors import BadRequest, EmberError, NotFound
@@ -38,6 +40,26 @@ KEYWORD_CANDIDATES = 2000  # chunks holding the rare terms that are scored, at m
 
 class Unreachable(EmberError):
     status = 503
+
+
+def _translated(method):
+    """Chroma's errors as ember's: a collection deleted meanwhile (by another process) is a 404, a server gone a 503,
+    anything else the server refused a 502 that quotes it; never a 500 with a traceback."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        from chromadb.errors import ChromaError, NotFoundError
+
+        try:
+            return method(self, *args, **kwargs)
+        except EmberError:
+            raise
+        except NotFoundError:
+            raise NotFound(f"collection '{self.name}' is gone from the Chroma server") from None
+        except ChromaError as e:
+            raise EmberError(f"the Chroma server refused it: {e}", status=502) from None
+        except (OSError, httpx.HTTPError) as e:
+            raise Unreachable(f"lost the Chroma server ({type(e).__name__}: {e})") from None
+    return call
 
 
 def connect(url: str):
@@ -92,13 +114,19 @@ def _file_id(path: str) -> str:
 class ChromaIndex:
     def __init__(self, client, name: str):
         self.client, self.name = client, name
+        self._open()
+
+    @_translated
+    def _open(self) -> None:
+        from chromadb.errors import NotFoundError
+
         try:
-            self._chunks = client.get_collection(_chunks_name(name), embedding_function=None)
-            self._files = client.get_collection(_files_name(name), embedding_function=None)
-        except Exception:
-            raise NotFound(f"collection '{name}' not found on the Chroma server; make it with: ember rag create "
-                           f"{name}") from None
-        self._batch = client.get_max_batch_size()
+            self._chunks = self.client.get_collection(_chunks_name(self.name), embedding_function=None)
+            self._files = self.client.get_collection(_files_name(self.name), embedding_function=None)
+        except (NotFoundError, ValueError):  # ValueError: what chromadb raised for a missing collection before 1.0
+            raise NotFound(f"collection '{self.name}' not found on the Chroma server; make it with: ember rag create "
+                           f"{self.name}") from None
+        self._batch = self.client.get_max_batch_size()
 
     @classmethod
     def create(cls, client, name: str, meta: dict[str, str | int], dims: int) -> "ChromaIndex":
@@ -113,6 +141,7 @@ class ChromaIndex:
     def close(self) -> None:
         pass
 
+    @_translated
     def meta(self) -> dict[str, str]:
         return {k: str(v) for k, v in (self._chunks.metadata or {}).items() if not k.startswith("hnsw:")}
 
@@ -122,6 +151,7 @@ class ChromaIndex:
 
     # -- writing ----------------------------------------------------------------------------------------------------
 
+    @_translated
     def replace_source(self, source: SourceFile, chunks: list[ChunkRow], vectors: np.ndarray) -> None:
         if len(chunks) != len(vectors):
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
@@ -142,6 +172,7 @@ class ChromaIndex:
             "path": source.path, "sha256": source.sha256, "size": source.size, "kind": source.kind,
             "chunks": len(chunks), "added_at": source.added_at, **({"title": source.title} if source.title else {})}])
 
+    @_translated
     def remove_sources(self, paths: list[str]) -> int:
         for path in paths:
             self._files.delete(ids=[_file_id(path)])
@@ -150,18 +181,22 @@ class ChromaIndex:
 
     # -- reading ----------------------------------------------------------------------------------------------------
 
+    @_translated
     def sources(self) -> list[SourceFile]:
         records = self._files.get(include=["metadatas"])["metadatas"] or []
         return sorted((SourceFile(m["path"], m["sha256"], m["size"], m["kind"], m.get("title"), m["chunks"],
                                   m["added_at"]) for m in records), key=lambda s: s.path)
 
+    @_translated
     def source_hash(self, path: str) -> str | None:
         found = self._files.get(ids=[_file_id(path)], include=["metadatas"])["metadatas"]
         return found[0]["sha256"] if found else None
 
+    @_translated
     def count_chunks(self) -> int:
         return self._chunks.count()
 
+    @_translated
     def vector_search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         total = self._chunks.count()
         if not total:
@@ -170,6 +205,7 @@ class ChromaIndex:
                                    n_results=min(k, total), include=["distances"])
         return [(int(i), 1.0 - float(d)) for i, d in zip(found["ids"][0], found["distances"][0])]
 
+    @_translated
     def keyword_search(self, terms: list[str], k: int) -> list[tuple[int, float]]:
         terms = list(dict.fromkeys(terms))
         total = self._chunks.count()
@@ -199,6 +235,7 @@ class ChromaIndex:
         scores.sort(key=lambda item: -item[1])
         return scores[:k]
 
+    @_translated
     def chunks(self, ids: list[int]) -> dict[int, StoredChunk]:
         if not ids:
             return {}

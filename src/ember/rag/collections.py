@@ -114,7 +114,6 @@ class Collections:
         # On a Chroma server instead of SQLite files, when one is named (connected at first use).
         self.rag_url = rag_url if rag_url is not None else os.environ.get("EMBER_RAG_URL") or None
         self._chroma = None
-        self._remote: dict[str, object] = {}  # name → its ChromaIndex
 
     def _server(self):
         if self._chroma is None:
@@ -130,9 +129,8 @@ class Collections:
         if self.rag_url:
             from ember.rag.chroma_index import ChromaIndex
 
-            if name not in self._remote:
-                self._remote[name] = ChromaIndex(self._server(), check_name(name))
-            return self._remote[name]  # type: ignore[return-value]  (SqliteIndex's methods)
+            # Opened for each use, not kept: another process (ember rag rm) may delete and make it again meanwhile.
+            return ChromaIndex(self._server(), check_name(name))  # type: ignore[return-value]  (SqliteIndex's methods)
         path = self._path(name)
         try:
             inode = path.stat().st_ino
@@ -197,7 +195,6 @@ class Collections:
 
             if name not in self.names():
                 raise NotFound(f"collection '{name}' not found")
-            self._remote.pop(name, None)
             chroma_index.delete(self._server(), name)
             return
         path = self._path(name)
