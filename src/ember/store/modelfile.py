@@ -107,11 +107,13 @@ def _instructions(text: str) -> Iterator[_Instruction]:
 
 
 def _path_like(value: str) -> bool:
-    return "/" in value or value.startswith((".", "~")) or value.lower().endswith(".gguf")
+    return "/" in value or value.startswith((".", "~")) or value.lower().endswith(".gguf") or value == "."
 
 
-def _resolve(value: str, base_dir: Path, line: int, what: str) -> str:
+def _resolve(value: str, base_dir: Path, line: int, what: str, folder: bool = False) -> str:
     path = (Path(base_dir) / Path(value).expanduser()).resolve()
+    if folder and path.is_dir():  # a model made of files: a CTranslate2 Whisper folder
+        return str(path)
     if not path.is_file():
         raise ModelfileError(line, f"{what} file {value!r} not found (looked for {path}); "
                                    "paths are relative to the Modelfile's folder")
@@ -121,7 +123,7 @@ def _resolve(value: str, base_dir: Path, line: int, what: str) -> str:
 def _from(value: str, base_dir: Path, line: int) -> str:
     try:
         if _path_like(value):
-            return _resolve(value, base_dir, line, "FROM")
+            return _resolve(value, base_dir, line, "FROM", folder=True)
         if value.startswith("sha256"):
             return normalize_digest(value)
         parse_name(value)

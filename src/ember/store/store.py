@@ -7,13 +7,17 @@ collected while a new manifest is about to use it.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
+import functools
 import hashlib
 import json
 import logging
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +38,9 @@ from ember.store.names import ModelName, parse_name
 log = logging.getLogger("ember.store")
 
 TEXT_LAYERS = ("template", "system", "license")
+# A folder model (a CTranslate2 Whisper) keeps each file beside its weights as a layer named the OCI way.
+FILE_TITLE = "org.opencontainers.image.title"
+FOLDER_FILES = ("config.json", "tokenizer.json", "vocabulary.json", "vocabulary.txt", "preprocessor_config.json")
 
 
 class Report(Protocol):
@@ -61,9 +68,18 @@ class Model:
     size: int
     modified_at: datetime
     layers: list[dict[str, Any]]
+    format: str = "gguf"  # or "ctranslate2": a Whisper folder, its files in `files`
+    files: dict[str, Path] = field(default_factory=dict)  # a folder model's files beside model.bin, by name
+
+    @property
+    def is_speech(self) -> bool:
+        return self.format == "ctranslate2"
 
     @cached_property
     def info(self) -> GGUFInfo:
+        if self.is_speech:
+            raise BadRequest(f"{self.name} is a speech-to-text model (Whisper): it transcribes audio with "
+                             "`ember transcribe` or POST /v1/audio/transcriptions, and cannot chat or embed")
         return read_gguf_info(self.model_path)
 
     @property
@@ -74,6 +90,9 @@ class Model:
 
 def details(model: Model) -> dict[str, Any]:
     """The short description Ollama's /api/tags, /api/ps and /api/show carry."""
+    if model.is_speech:
+        return {"parent_model": "", "format": model.format, "family": "whisper", "families": ["whisper"],
+                "parameter_size": "", "quantization_level": _ctranslate2_quantization(model)}
     info = model.info
     return {"parent_model": "", "format": "gguf", "family": info.architecture, "families": [info.architecture],
             "parameter_size": info.parameter_size, "quantization_level": info.quantization}
@@ -82,16 +101,37 @@ def details(model: Model) -> dict[str, Any]:
 def describe(model: Model) -> dict[str, Any]:
     """Everything `ember show` and /api/show tell about a model, in /api/show's shape (capabilities aside: they
     depend on the engines, see `ember.engines.registry`)."""
-    info = model.info
     parameters = "\n".join(f"{k} {json.dumps(v) if isinstance(v, str) else v}" for k, vs in model.params.items()
                            for v in (vs if isinstance(vs, list) else [vs]))
+    if model.is_speech:
+        model_info = {"general.architecture": "whisper", "general.file_type": details(model)["quantization_level"],
+                      "general.files": sorted(["model.bin", *model.files])}
+    else:
+        model_info = {**model.info.model_info, "general.parameter_count": model.info.parameter_count}
     return {
         "modelfile": render_modelfile(model), "parameters": parameters,
-        "template": model.chat_template or "", "system": model.system or "",
+        "template": (None if model.is_speech else model.chat_template) or "", "system": model.system or "",
         "license": model.license or "", "details": details(model),
-        "model_info": {**info.model_info, "general.parameter_count": info.parameter_count},
+        "model_info": model_info,
         "modified_at": model.modified_at.isoformat().replace("+00:00", "Z"),
     }
+
+
+def _ctranslate2_quantization(model: Model) -> str:
+    """The weights' type as CTranslate2 wrote it in config.json (older converters leave it out)."""
+    try:
+        config = json.loads(model.files["config.json"].read_text(encoding="utf-8"))
+    except (KeyError, OSError, ValueError):
+        return ""
+    return str(config.get("quantization") or config.get("compute_type") or "") if isinstance(config, dict) else ""
+
+
+@functools.cache
+def _link_root() -> Path:
+    """This process's folder for folder models' links, removed when it exits."""
+    root = Path(tempfile.mkdtemp(prefix="ember-folders-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
 
 
 def _damaged(name: ModelName, why: str) -> EmberError:
@@ -138,6 +178,11 @@ class ModelStore:
             return blob(layers[0]).read_text(encoding="utf-8") if layers else None
 
         try:
+            config = json.loads(self.blobs.path(manifest.config["digest"]).read_bytes())
+            model_format = config.get("model_format", "gguf") if isinstance(config, dict) else "gguf"
+        except (OSError, ValueError):
+            model_format = "gguf"  # the config only describes; the model layer is what gets loaded
+        try:
             params = json.loads(text("params") or "{}")
             messages = [Message(m["role"], m["content"]) for m in json.loads(text("messages") or "[]")]
             if not isinstance(params, dict):
@@ -152,7 +197,8 @@ class ModelStore:
             params=params, template=texts["template"], system=texts["system"], license=texts["license"],
             messages=messages, size=sum(layer["size"] for layer in manifest.layers),
             modified_at=datetime.fromtimestamp(manifest.mtime, UTC),
-            layers=manifest.layers,
+            layers=manifest.layers, format=model_format,
+            files={layer.get("annotations", {}).get(FILE_TITLE, ""): blob(layer) for layer in by_kind.get("file", [])},
         )
 
     def list(self) -> list[Model]:
@@ -206,6 +252,11 @@ class ModelStore:
         }), None)
         self._set_manifest(name, manifests.build(config, layers))
 
+    def _write_speech_manifest(self, name: ModelName, layers: list[dict[str, Any]]) -> None:
+        config = self._layer(to_json({"model_format": "ctranslate2", "model_family": "whisper",
+                                      "model_families": ["whisper"]}), None)
+        self._set_manifest(name, manifests.build(config, layers))
+
     def _layer(self, data: bytes, kind: str | None, report: Report = _silent) -> dict[str, Any]:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         report(f"{'using existing' if self.blobs.has(digest) else 'creating new'} layer {digest}")
@@ -229,6 +280,43 @@ class ModelStore:
         report(f"{'using existing' if existed else 'creating new'} layer {digest}")
         return {"mediaType": layer_type(kind), "digest": digest, "size": self.blobs.size(digest)}
 
+    def _folder_layers(self, folder: Path, report: Report) -> list[dict[str, Any]]:
+        """A CTranslate2 Whisper folder as layers: model.bin, then each file faster-whisper reads beside it."""
+        if not (folder / "model.bin").is_file() or not (folder / "config.json").is_file():
+            raise BadRequest(f"FROM {folder}: a model folder must hold a CTranslate2 Whisper model (model.bin and "
+                             "config.json, as faster-whisper's converter writes them); a GGUF is given as a file")
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise BadRequest(f"FROM {folder}: config.json cannot be read ({e})") from None
+        if not isinstance(config, dict) or "suppress_ids" not in config:
+            raise BadRequest(f"FROM {folder}: config.json is not a Whisper model's (no suppress_ids); ember runs "
+                             "CTranslate2 folders of Whisper models only")
+        if not any((folder / name).is_file() for name in ("tokenizer.json", "vocabulary.json", "vocabulary.txt")):
+            raise BadRequest(f"FROM {folder}: no tokenizer.json or vocabulary file beside model.bin")
+        layers = [self._file_layer(str(folder / "model.bin"), "model", report)]
+        for name in FOLDER_FILES:
+            if (folder / name).is_file():
+                layer = self._file_layer(str(folder / name), "file", report)
+                layers.append({**layer, "annotations": {FILE_TITLE: name}})
+        return layers
+
+    def folder(self, model: Model) -> Path:
+        """A folder faster-whisper can open: links to the model's blobs under their file names (made once per
+        process, outside the store so that backups and pruning never meet it)."""
+        root = _link_root() / model.digest
+        if not root.is_dir():
+            tmp = Path(tempfile.mkdtemp(dir=_link_root(), prefix=".part-"))
+            (tmp / "model.bin").symlink_to(model.model_path)
+            for name, path in model.files.items():
+                if name in FOLDER_FILES:  # a title from a hand-edited manifest never escapes the folder
+                    (tmp / name).symlink_to(path)
+            try:
+                tmp.rename(root)
+            except OSError:  # made by another thread meanwhile
+                shutil.rmtree(tmp, ignore_errors=True)
+        return root
+
     def _check_gguf(self, source: str, adapter: bool) -> None:
         what = "ADAPTER" if adapter else "FROM"
         if source.startswith("sha256"):
@@ -249,6 +337,8 @@ class ModelStore:
         if source.startswith("sha256"):
             self._check_gguf(source, adapter=False)
             return None
+        if Path(source).is_absolute() and Path(source).is_dir():
+            return None  # a folder model: checked as its layers are made
         if "/" in source or "\\" in source or source.lower().endswith(".gguf"):
             self._check_gguf(source, adapter=False)
             return None
@@ -276,10 +366,14 @@ class ModelStore:
                 raise BadRequest(f"message role {m.role!r} must be one of {', '.join(ROLES)}")
 
         with self._writing():
+            folder = None if parent else Path(spec.from_.strip())
             if parent:
-                layers = [layer for layer in parent.layers if layer_kind(layer) == "model"]
+                layers = [layer for layer in parent.layers if layer_kind(layer) in ("model", "file")]
                 report(f"using existing layer {layers[0]['digest']}")
+            elif folder.is_absolute() and folder.is_dir():
+                layers = self._folder_layers(folder, report)
             else:
+                folder = None
                 layers = [self._file_layer(spec.from_.strip(), "model", report)]
             if spec.adapters:
                 layers += [self._file_layer(a, "adapter", report) for a in spec.adapters]
@@ -300,9 +394,11 @@ class ModelStore:
                                           "messages", report))
             if params:
                 layers.append(self._layer(to_json(params), "params", report))
-            info = read_gguf_info(self.blobs.path(layers[0]["digest"]))
             report("writing manifest")
-            self._write_manifest(name, layers, info)
+            if folder is not None or (parent is not None and parent.is_speech):
+                self._write_speech_manifest(name, layers)
+            else:
+                self._write_manifest(name, layers, read_gguf_info(self.blobs.path(layers[0]["digest"])))
         report("success")
         return self.get(str(name))
 
@@ -372,6 +468,14 @@ class ModelStore:
             raise NotFound(f"model '{raw}' is not in ember's catalog of bundled models (nothing is downloaded); "
                            f"available: {', '.join(bundled.catalog_names())}. Make your own with: ember create")
         report("pulling manifest")
+        if entry.format == "ctranslate2":
+            with bundled.folder_for(entry) as folder, self._writing():
+                layers = self._folder_layers(folder, report)
+                layers.append(self._layer(entry.license.encode("utf-8"), "license"))
+                report("writing manifest")
+                self._write_speech_manifest(name, layers)
+            report("success")
+            return self.get(str(name))
         with bundled.gguf_for(entry) as source:
             return self._pull_file(name, entry, source, report)
 
