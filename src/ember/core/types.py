@@ -57,6 +57,7 @@ class GenerateRequest:
     logprobs: bool = False
     context: list[int] | None = None  # Ollama's (deprecated) /api/generate memory: the token ids a reply returned
     collections: list[str] | None = None  # answer from these document collections, with citations (ember rag)
+    images: list[str] = field(default_factory=list)  # a completion's images, base64 (a chat's are on its messages)
 
     @property
     def is_chat(self) -> bool:
@@ -98,10 +99,19 @@ class Done:
     truncated_tokens: int = 0
     context: list[int] | None = None  # a completion's prompt and answer tokens, to send back as the next `context`
     citations: list[dict[str, Any]] | None = None  # for a request with collections: the sources [1], [2]… point to
+    images_read_by_ocr: int = 0  # images a text-only model got as their OCR text instead
 
     @property
     def truncated(self) -> bool:
         return self.truncated_messages > 0 or self.truncated_tokens > 0
+
+    @property
+    def image_input(self) -> dict[str, Any] | None:
+        """How the model got the request's images, for the answer to say: as text read by OCR."""
+        if not self.images_read_by_ocr:
+            return None
+        return {"read_by": "ocr", "images": self.images_read_by_ocr,
+                "note": "the model cannot see images; it was given the text OCR read in them"}
 
 
 Event = Token | Done
@@ -113,3 +123,53 @@ class Embeddings:
     prompt_tokens: int
     load_ns: int = 0
     total_ns: int = 0
+
+
+@dataclass
+class TranscribeRequest:
+    """Speech to text: `task` "translate" turns speech in any language into English text (Whisper's own task)."""
+
+    model: str | None  # None, "" or OpenAI's "whisper-1": ember picks by language (see runtime.transcription)
+    language: str | None = None  # ISO 639-1 ("en", "ru"); None detects it
+    task: Literal["transcribe", "translate"] = "transcribe"
+    prompt: str | None = None  # words to expect: names, spelling, the previous part's text
+    word_timestamps: bool = False
+    temperature: float = 0.0
+    vad: bool = True  # skip silence (Silero VAD): fewer hallucinations, less work
+    source: str = "the audio"  # the file's name, for messages about it
+    options: Options = field(default_factory=Options)
+    keep_alive: float | None = None
+
+
+@dataclass(frozen=True)
+class Word:
+    start: float  # seconds from the start of the audio
+    end: float
+    text: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] = ()
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+    compression_ratio: float = 0.0
+    temperature: float = 0.0
+
+
+@dataclass
+class Transcript:
+    model: str
+    language: str
+    duration: float  # seconds of audio
+    segments: list[Segment]
+    load_ns: int = 0
+    total_ns: int = 0
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())

@@ -6,17 +6,19 @@ what they are; generation and embedding talk to the capability they need:
 * a `Generator` runs several sequences at once (slots) and decodes them together; each sequence reports back through
   the three calls of `Sequence`, on the engine's own thread;
 * an `Embedder` turns a batch of token lists into vectors;
-* a `Transcriber` (audio → timed text) and a `Recognizer` (image → text lines) take their place beside them as the
-  speech and OCR engines arrive.
+* a `Transcriber` turns audio into timed text (Whisper on faster-whisper);
+* a `Recognizer` turns an image into text lines (Tesseract; it holds no model, so it is called without the scheduler).
 """
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from ember.core.options import Options
+from ember.core.types import Segment, TranscribeRequest
 
 
 class Capability(StrEnum):
@@ -24,6 +26,7 @@ class Capability(StrEnum):
 
     COMPLETION = "completion"
     EMBEDDING = "embedding"
+    TRANSCRIPTION = "transcription"  # ember's own (Ollama's list has none for speech)
     TOOLS = "tools"
     VISION = "vision"
 
@@ -33,6 +36,7 @@ class Role(StrEnum):
 
     GENERATE = "generate"
     EMBED = "embed"
+    TRANSCRIBE = "transcribe"
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,12 @@ class Embedder(Engine, Tokenizer, Protocol):
 
 @runtime_checkable
 class Transcriber(Engine, Protocol):
-    def transcribe(self, audio: Path, language: str | None) -> list[tuple[float, float, str]]:
-        """(start s, end s, text) segments of speech."""
+    multilingual: bool  # False for the English-only models (tiny.en and kin)
+
+    def transcribe(self, audio: BinaryIO, request: TranscribeRequest, segment: Callable[[Segment, float], None],
+                   cancel: threading.Event) -> tuple[str, float, list[Segment]]:
+        """(language, duration s, segments) of the speech in `audio` (any format PyAV decodes). Blocking; calls
+        `segment(segment, duration)` as each one is decoded, and stops early once `cancel` is set."""
 
 
 @runtime_checkable

@@ -33,11 +33,18 @@ class Engines:
     def __init__(self, embed_engine: str | None = None) -> None:
         self._llama: EngineFactory | None = None
         self._onnx: EngineFactory | None = None
+        self._whisper: EngineFactory | None = None
         self._embed_engine = (embed_engine or os.environ.get("EMBER_EMBED_ENGINE") or "auto").lower()
         if self._embed_engine not in EMBED_ENGINES:
             raise SystemExit(f"EMBER_EMBED_ENGINE={self._embed_engine!r}: use one of {', '.join(EMBED_ENGINES)}")
 
     def _engine_for(self, spec: LoadSpec) -> EngineFactory:
+        if spec.role is Role.TRANSCRIBE:  # a CTranslate2 folder
+            if self._whisper is None:
+                from ember.engines.whisper import WhisperFactory
+
+                self._whisper = WhisperFactory()
+            return self._whisper
         if not _is_gguf(spec):
             raise BadRequest(f"{spec.model_path.name} is not a GGUF file; ember's engines load GGUF models")
         if spec.role is Role.EMBED and self._embed_engine != "llama.cpp":
@@ -66,6 +73,8 @@ class Engines:
 
 def capabilities(model: Model) -> list[Capability]:
     """What `model` can be used for with the engines ember has: read from its GGUF header and its template."""
+    if model.is_speech:
+        return [Capability.TRANSCRIPTION]
     info = model.info
     if f"{info.architecture}.pooling_type" in info.model_info:  # an encoder made for embeddings (BERT and kin)
         return [Capability.EMBEDDING]

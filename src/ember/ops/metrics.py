@@ -47,6 +47,8 @@ class Metrics:
                                        ["model"], buckets=TOKEN_BUCKETS, registry=r)
         self.embedded_inputs = Counter("ember_embedded_inputs", "Texts embedded", ["model"], registry=r)
         self.embedded_tokens = Counter("ember_embedded_tokens", "Tokens embedded", ["model"], registry=r)
+        self.transcribed_seconds = Counter("ember_transcribed_audio_seconds", "Seconds of audio transcribed",
+                                           ["model"], registry=r)
         if state is not None:
             r.register(_StateCollector(state))
 
@@ -63,6 +65,9 @@ class Metrics:
     def embedded(self, model: str, inputs: int, tokens: int) -> None:
         self.embedded_inputs.labels(model).inc(inputs)
         self.embedded_tokens.labels(model).inc(tokens)
+
+    def transcribed(self, model: str, seconds: float) -> None:
+        self.transcribed_seconds.labels(model).inc(seconds)
 
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
