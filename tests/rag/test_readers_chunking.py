@@ -193,7 +193,8 @@ def check_chunks(doc: Document, chunks: list[Chunk], max_tokens: int) -> None:
 def test_suffixes():
     assert supported(Path("a.MD")) and supported(Path("b.htm")) and supported(Path("c.log"))
     assert not supported(Path("slides.pptx")) and not supported(Path("README"))
-    assert {"text", "markdown", "html", "pdf", "docx"} == set(SUFFIXES.values())
+    assert {"text", "markdown", "html", "pdf", "docx", "image", "audio"} == set(SUFFIXES.values())
+    assert supported(Path("scan.TIFF")) and supported(Path("call.m4a"))
 
 
 def test_document_text_is_its_sections_joined(files):
@@ -376,11 +377,10 @@ def test_pdf_without_text_layer_or_with_a_password(tmp_path):
 
     scanned = FPDF()
     scanned.add_page()
-    scanned.rect(20, 20, 100, 60, style="F")  # a picture of a page, no text
+    scanned.rect(20, 20, 100, 60, style="F")  # a picture of a page, no text: OCR finds none either
     path = tmp_path / "scan.pdf"
     scanned.output(str(path))
-    reason = unreadable(path)
-    assert "no text layer" in reason and "OCR" in reason
+    assert "no text to add" in unreadable(path)
 
     locked = make_pdf(tmp_path / "locked.pdf", PDF_PAGES[:1], password="secret")
     assert "password" in unreadable(locked)

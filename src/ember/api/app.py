@@ -8,7 +8,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 
 from ember import __version__
-from ember.api import backups, collections, errors, health, jobs, ollama, openai, rerank
+from ember.api import audio, backups, collections, errors, health, jobs, ocr, ollama, openai, rerank
 from ember.config import Settings
 from ember.engines.base import EngineFactory
 from ember.ops.backup import BackupSchedule
@@ -22,6 +22,10 @@ log = logging.getLogger("ember.api")
 
 # Uploads of model files may be large; every other body is small and capped.
 UNCAPPED_PREFIXES = ("/api/blobs/",)
+# Files sent as multipart forms (audio to transcribe, images to read): their own type, and a cap sized for an hour of
+# recorded audio rather than for a JSON body.
+FORM_PREFIXES = ("/v1/audio/", "/api/ocr")
+MAX_FORM_BYTES = 1 << 30
 
 
 class BodyLimit:
@@ -34,9 +38,10 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"].startswith(UNCAPPED_PREFIXES):
             return await self.app(scope, receive, send)
+        limit = MAX_FORM_BYTES if scope["path"].startswith(FORM_PREFIXES) else self.max_bytes
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(scope, receive, send)
+        if declared and declared.isdigit() and int(declared) > limit:
+            return await self._refuse(scope, receive, send, limit)
         seen = 0
 
         async def counting_receive():
@@ -44,19 +49,20 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     # Raised inside the app's body read, so the app's own error handler answers 413.
-                    raise HTTPException(413, self.message)
+                    raise HTTPException(413, self.message(limit))
             return message
 
         await self.app(scope, counting_receive, send)
 
-    @property
-    def message(self) -> str:
-        return f"request body is larger than {self.max_bytes} bytes (EMBER_MAX_BODY_BYTES)"
+    def message(self, limit: int) -> str:
+        if limit == MAX_FORM_BYTES:
+            return f"the upload is larger than {limit >> 20} MB; split the file"
+        return f"request body is larger than {limit} bytes (EMBER_MAX_BODY_BYTES)"
 
-    async def _refuse(self, scope, receive, send):
-        await errors.error_response(Request(scope), 413, self.message)(scope, receive, send)
+    async def _refuse(self, scope, receive, send, limit: int):
+        await errors.error_response(Request(scope), 413, self.message(limit))(scope, receive, send)
 
 
 class JsonBodies:
@@ -67,7 +73,7 @@ class JsonBodies:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and not scope["path"].startswith(UNCAPPED_PREFIXES):
+        if scope["type"] == "http" and not scope["path"].startswith(UNCAPPED_PREFIXES + FORM_PREFIXES):
             # Changed in place: the router records the matched route in this same scope, for the request log.
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             scope["headers"] = [*headers, (b"content-type", b"application/json")]
@@ -100,6 +106,8 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
     app.include_router(jobs.router)
     app.include_router(collections.router)
     app.include_router(rerank.router)
+    app.include_router(audio.router)
+    app.include_router(ocr.router)
     app.include_router(health.router)
     app.include_router(backups.router)
     # Outermost last. A request passes: the request log (id, metrics), the browser guard (so nothing else runs for a

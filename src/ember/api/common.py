@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import WithJsonSchema
 
-from ember.core.errors import BadRequest, EmberError
+from ember.core.errors import EmberError
 from ember.core.types import Event
 from ember.runtime.service import Runtime
 from ember.store.store import ModelStore
@@ -132,11 +132,6 @@ async def collect(first: Event, events: AsyncIterator[Event], request: Request) 
 
 def ndjson(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
-
-
-def no_images(images: list[str] | None, model: str) -> None:
-    if images:
-        raise BadRequest(f"{model} cannot read images: ember's image input arrives with the vision models")
 
 
 # The 200 answers of routes that stream (as `stream` asks): documented, so the OpenAPI description is true.

@@ -148,6 +148,8 @@ def _timings(done: Done) -> dict[str, Any]:
         out.update(truncated=True, truncated_messages=done.truncated_messages, truncated_tokens=done.truncated_tokens)
     if done.citations is not None:
         out["citations"] = done.citations
+    if done.images_read_by_ocr:
+        out["image_input"] = done.image_input
     return out
 
 
@@ -169,7 +171,6 @@ async def _load_only(request: Request, model: str, options, keep_alive, key: str
 
 @router.post("/api/generate", responses=common.NDJSON_OK)
 async def generate(body: GenerateBody, request: Request):
-    common.no_images(body.images, body.model)
     if body.suffix:
         raise BadRequest("suffix (fill-in-the-middle) is not supported yet; send the text before it as the prompt")
     options = parse_options(body.options)
@@ -179,7 +180,7 @@ async def generate(body: GenerateBody, request: Request):
     core = GenerateRequest(model=body.model, prompt=body.prompt, system=body.system, template=body.template,
                            raw=body.raw, options=options, preset=body.preset, format=body.format or None,
                            keep_alive=keep_alive, stream=body.stream, context=body.context,
-                           collections=common.collection_names(body.collections))
+                           collections=common.collection_names(body.collections), images=body.images or [])
     first, events = await common.start(common.runtime(request).generate(core), request)
 
     def chunk(event) -> dict[str, Any]:
@@ -196,10 +197,9 @@ async def generate(body: GenerateBody, request: Request):
     return {**chunk(done), "response": done.text}
 
 
-def _message(m: ChatMessage, model: str) -> Message:
-    common.no_images(m.images, model)
+def _message(m: ChatMessage) -> Message:
     calls = [ToolCall(c.function.name, c.function.arguments) for c in m.tool_calls or []]
-    return Message(m.role, m.content or "", tool_calls=calls, tool_name=m.tool_name)
+    return Message(m.role, m.content or "", tool_calls=calls, tool_name=m.tool_name, images=m.images or [])
 
 
 @router.post("/api/chat", responses=common.NDJSON_OK)
@@ -209,7 +209,7 @@ async def chat(body: ChatBody, request: Request):
     if not body.messages:
         return await _load_only(request, body.model, options, keep_alive, "message",
                                 {"role": "assistant", "content": ""})
-    core = GenerateRequest(model=body.model, messages=[_message(m, body.model) for m in body.messages],
+    core = GenerateRequest(model=body.model, messages=[_message(m) for m in body.messages],
                            tools=body.tools or None, options=options, preset=body.preset, format=body.format or None,
                            keep_alive=keep_alive, stream=body.stream,
                            collections=common.collection_names(body.collections))

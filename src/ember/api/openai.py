@@ -101,18 +101,35 @@ def _format(response_format: dict[str, Any] | None) -> str | dict[str, Any] | No
     raise BadRequest(f"response_format.type {kind!r} is not one of 'text', 'json_object', 'json_schema'")
 
 
-def _text(content: Any, where: str) -> str:
+def _content(content: Any, where: str) -> tuple[str, list[str]]:
+    """A message's text, and its images as base64 (from data: URLs: a remote image is never fetched)."""
     if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise BadRequest(f"{where}: content part of type {kind!r} is not supported (only 'text')")
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
-    raise BadRequest(f"{where}: content must be a string or a list of text parts")
+        return content or "", []
+    if not isinstance(content, list):
+        raise BadRequest(f"{where}: content must be a string or a list of text and image_url parts")
+    texts, images = [], []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind == "text":
+            texts.append(str(part.get("text", "")))
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            images.append(_data_url(url, f"{where}.content[{j}].image_url"))
+        else:
+            raise BadRequest(f"{where}: content part of type {kind!r} is not supported (only 'text' and 'image_url')")
+    return "".join(texts), images
+
+
+def _data_url(url: Any, where: str) -> str:
+    if not isinstance(url, str) or not url.startswith("data:"):
+        shown = url[:60] if isinstance(url, str) else repr(url)
+        raise BadRequest(f"{where}: {shown!r} is not a data: URL; ember never fetches an image from the network: "
+                         "send it inline as data:image/png;base64,…")
+    head, _, payload = url.partition(",")
+    if not head.endswith(";base64") or not payload:
+        raise BadRequest(f"{where}: the data: URL must be base64 (data:image/png;base64,…)")
+    return payload
 
 
 def _message(raw: dict[str, Any], i: int) -> Message:
@@ -130,8 +147,8 @@ def _message(raw: dict[str, Any], i: int) -> Message:
         except json.JSONDecodeError:
             raise BadRequest(f"messages[{i}].tool_calls: arguments are not valid JSON") from None
         calls.append(ToolCall(fn.get("name", ""), args, call.get("id", "")))
-    return Message(role, _text(raw.get("content"), f"messages[{i}]"), tool_calls=calls,
-                   tool_name=raw.get("name") or raw.get("tool_call_id"))
+    text, images = _content(raw.get("content"), f"messages[{i}]")
+    return Message(role, text, tool_calls=calls, tool_name=raw.get("name") or raw.get("tool_call_id"), images=images)
 
 
 def _usage(done: Done) -> dict[str, Any]:
@@ -152,9 +169,13 @@ def _tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
             for c in calls]
 
 
-def _citations(done: Done) -> dict[str, Any]:
-    """The sources an answer from collections cites ([1] is citations[0]): in the last chunk, or the body."""
-    return {} if done.citations is None else {"citations": done.citations}
+def _extras(done: Done) -> dict[str, Any]:
+    """ember's fields of an answer: the sources it cites ([1] is citations[0]) and how its images were read; in
+    the last chunk, or the body."""
+    out = {} if done.citations is None else {"citations": done.citations}
+    if done.images_read_by_ocr:
+        out["image_input"] = done.image_input
+    return out
 
 
 def _sse(obj: dict[str, Any]) -> str:
@@ -192,7 +213,7 @@ async def chat_completions(body: ChatBody, request: Request):
                               "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})]
             if event.tool_calls:
                 delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(_tool_calls(event.tool_calls))]
-            chunks = [_sse({**head, "object": "chat.completion.chunk", **_truncation(event), **_citations(event),
+            chunks = [_sse({**head, "object": "chat.completion.chunk", **_truncation(event), **_extras(event),
                             "choices": [{"index": 0, "delta": delta, "finish_reason": FINISH[event.reason]}]})]
             if include_usage:
                 chunks.append(_sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(event)}))
@@ -204,7 +225,7 @@ async def chat_completions(body: ChatBody, request: Request):
     message: dict[str, Any] = {"role": "assistant", "content": done.text or (None if done.tool_calls else "")}
     if done.tool_calls:
         message["tool_calls"] = _tool_calls(done.tool_calls)
-    return {**head, "object": "chat.completion", **_truncation(done), **_citations(done),
+    return {**head, "object": "chat.completion", **_truncation(done), **_extras(done),
             "choices": [{"index": 0, "message": message, "finish_reason": FINISH[done.reason], "logprobs": None}],
             "usage": _usage(done)}
 

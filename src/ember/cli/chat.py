@@ -1,7 +1,9 @@
 """`ember run`: one answer, or an interactive chat with history, multi-line input and /commands."""
 
+import base64
 import readline  # noqa: F401  (line editing and history for input())
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -34,6 +36,8 @@ def _answer(client, model, messages, options, preset, keep_alive, verbose) -> st
             sys.stdout.write(item)
             sys.stdout.flush()
     sys.stdout.write("\n")
+    if stats.get("image_input"):
+        err.print(f"[yellow]note: {stats['image_input']['note']}[/yellow]")
     if stats.get("truncated"):
         err.print(f"[yellow]note: the {stats['truncated_messages']} oldest messages ({stats['truncated_tokens']} "
                   "tokens) did not fit the context window and were left out[/yellow]")
@@ -73,13 +77,28 @@ def _set_parameter(options: dict, args: list[str]) -> None:
     err.print(f"set {name} = {options[name]}")
 
 
+def _images(paths: list[Path]) -> list[str]:
+    """The image files, base64-encoded as the API takes them; checked before anything is sent."""
+    encoded = []
+    for path in paths:
+        try:
+            encoded.append(base64.b64encode(path.read_bytes()).decode("ascii"))
+        except OSError as e:
+            raise EmberError(f"cannot read the image {path}: {e.strerror}") from None
+    return encoded
+
+
 def run(settings: Settings, model: str, prompt: str | None, *, preset=None, keep_alive=None, verbose=False,
-        memory: bool | None = None) -> None:
+        memory: bool | None = None, images: list[Path] | None = None) -> None:
+    attached = _images(images or [])
+    if attached and prompt is None:
+        raise EmberError("--image goes with a prompt: ember run MODEL \"what does this say?\" --image photo.png")
     client = connect(settings)
     options: dict = {} if memory is None else {"memory": memory}
     try:
         if prompt is not None:
-            _answer(client, model, [{"role": "user", "content": prompt}], options, preset, keep_alive, verbose)
+            message = {"role": "user", "content": prompt, **({"images": attached} if attached else {})}
+            _answer(client, model, [message], options, preset, keep_alive, verbose)
             return
         messages: list[dict] = []
         err.print(f"chatting with {model}; /? for help, /bye to leave")

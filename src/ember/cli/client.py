@@ -4,9 +4,11 @@ Both clients yield the same things for a chat: text pieces, then one final dict 
 """
 
 import asyncio
+import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +16,7 @@ import httpx
 from ember.config import Settings
 from ember.core.errors import EmberError
 from ember.core.options import parse_options
-from ember.core.types import Done, EmbedRequest, GenerateRequest, Message, Token
+from ember.core.types import Done, EmbedRequest, GenerateRequest, Message, Segment, Token, TranscribeRequest
 
 
 def server_running(settings: Settings) -> bool:
@@ -83,6 +85,21 @@ class HttpClient:
             scores[r["index"]] = r["relevance_score"]
         return scores
 
+    def transcribe(self, path: Path, request: TranscribeRequest,
+                   on_segment: Callable[[Segment, float], None] | None = None) -> dict[str, Any]:
+        """OpenAI's verbose_json for the file (the server reports no progress while it works)."""
+        form = {"response_format": "verbose_json", "temperature": str(request.temperature),
+                **{k: v for k, v in (("model", request.model), ("language", request.language),
+                                     ("prompt", request.prompt)) if v}}
+        if request.word_timestamps:
+            form["timestamp_granularities[]"] = ["segment", "word"]
+        route = "/v1/audio/translations" if request.task == "translate" else "/v1/audio/transcriptions"
+        with open(path, "rb") as f:
+            response = self.http.post(route, data=form, files={"file": (path.name, f)})
+        if response.status_code >= 400:
+            raise EmberError(_error_text(response), status=response.status_code)
+        return response.json()
+
     def close(self) -> None:
         self.http.close()
 
@@ -107,7 +124,8 @@ class LocalClient:
 
     def chat(self, model: str, messages: list[dict], options: dict, preset: str | None = None,
              keep_alive: str | None = None, collections: list[str] | None = None) -> Iterator[str | dict]:
-        request = GenerateRequest(model=model, messages=[Message(m["role"], m["content"]) for m in messages],
+        request = GenerateRequest(model=model, messages=[Message(m["role"], m["content"], images=m.get("images", []))
+                                                       for m in messages],
                                   options=parse_options(options), preset=preset, collections=collections)
         events = self.runtime.generate(request)
         try:
@@ -121,6 +139,7 @@ class LocalClient:
                            "prompt_eval_duration": event.prompt_ns, "load_duration": event.load_ns,
                            "total_duration": event.total_ns, "truncated": event.truncated,
                            "truncated_messages": event.truncated_messages, "truncated_tokens": event.truncated_tokens,
+                           **({"image_input": event.image_input} if event.images_read_by_ocr else {}),
                            **({} if event.citations is None else {"citations": event.citations})}
                     return
         finally:
@@ -135,6 +154,23 @@ class LocalClient:
 
         request = RerankRequest(model, query, documents, Options())
         return self.loop.run_until_complete(self.runtime.rerank(request)).scores
+
+    def transcribe(self, path: Path, request: TranscribeRequest,
+                   on_segment: Callable[[Segment, float], None] | None = None) -> dict[str, Any]:
+        """OpenAI's verbose_json for the file; `on_segment` hears each segment as it is decoded. Ctrl-C stops the
+        work at the next segment before it is raised."""
+        from ember.media.transcripts import verbose_json
+
+        with open(path, "rb") as f:
+            task = self.loop.create_task(self.runtime.transcribe(request, f, on_segment))
+            try:
+                transcript = self.loop.run_until_complete(task)
+            except KeyboardInterrupt:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, EmberError):
+                    self.loop.run_until_complete(task)
+                raise
+        return verbose_json(transcript, request.task, request.word_timestamps)
 
     def close(self) -> None:
         self.loop.run_until_complete(self.runtime.close())

@@ -72,6 +72,7 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", help="print timings after each answer"),
     memory: bool | None = typer.Option(None, "--memory/--no-memory",
                                        help="keep this chat's turns, recall earlier ones (default: the Modelfile's)"),
+    image: list[Path] | None = typer.Option(None, "--image", help="an image to ask about (repeat for more)"),
 ):
     """Chat with a model, or answer one PROMPT (also read from standard input) and exit."""
     text = " ".join(prompt or [])
@@ -79,7 +80,40 @@ def run(
         piped = sys.stdin.read()
         text = f"{text}\n\n{piped}".strip() if text else piped.strip()
     chat_cli.run(_settings(), model, text or None, preset=preset, keep_alive=keep_alive, verbose=verbose,
-                 memory=memory)
+                 memory=memory, images=image)
+
+
+@app.command(no_args_is_help=True)
+def transcribe(
+    files: list[Path] = typer.Argument(..., help="audio files: WAV, MP3, M4A, OGG, FLAC, WebM"),
+    language: str | None = typer.Option(None, "--language", "-l", help="en, ru…; detected when left out"),
+    model: str | None = typer.Option(None, "--model", "-m",
+                                     help="a speech model (default: whisper:tiny.en for en, else whisper:base)"),
+    output_format: str = typer.Option("text", "--format", "-f", help="text, srt, vtt or json"),
+    translate: bool = typer.Option(False, "--translate", help="English text from speech in any language"),
+    prompt: str | None = typer.Option(None, "--prompt", help="words to expect: names, terms, spelling"),
+    words: bool = typer.Option(False, "--word-timestamps", help="time each word (json)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+):
+    """Speech to text, with timestamps; files that cannot be read are reported and the rest go on."""
+    from ember.cli.transcribe import transcribe_command
+
+    code = transcribe_command(files, out, err, model=model, language=language, response_format=output_format,
+                              translate=translate, prompt=prompt, words=words, quiet=quiet)
+    raise typer.Exit(code)
+
+
+@app.command(no_args_is_help=True)
+def ocr(
+    files: list[Path] = typer.Argument(..., help="images (PNG, JPEG, TIFF, WebP…) and PDFs"),
+    lang: str = typer.Option("eng+rus", "--lang", help="Tesseract languages, in order of preference"),
+    output_format: str = typer.Option("text", "--format", "-f", help="text, json (lines, boxes, confidence) or hocr"),
+    workers: int | None = typer.Option(None, "--workers", help="pages read at once (default: one per core)"),
+):
+    """The text of images and scanned PDFs (OCR); files that cannot be read are reported and the rest go on."""
+    from ember.cli.ocr import ocr_command
+
+    raise typer.Exit(ocr_command(files, lang, output_format, workers, out=out, err=err))
 
 
 @app.command("list")

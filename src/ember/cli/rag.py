@@ -18,6 +18,7 @@ from ember.cli.client import connect
 from ember.cli.progress import run_job
 from ember.config import Settings
 from ember.core.humanize import size as human_size
+from ember.core.types import TranscribeRequest
 from ember.rag import grounding
 from ember.rag.collections import DEFAULT_EMBED_MODEL, Collections
 from ember.rag.retrieve import MODES
@@ -37,7 +38,11 @@ class _Session:
         self.client = connect(self.settings)
         # The store is shared with a running server: a bundled embedding model pulled here is one it can load.
         self.collections = Collections(self.settings.home / "collections", self.client.embed,
-                                       ModelStore(self.settings.models).ensure_bundled)
+                                       ModelStore(self.settings.models).ensure_bundled, transcribe=self._transcribe)
+
+    def _transcribe(self, path: Path) -> list[tuple[float, float, str]]:
+        body = self.client.transcribe(path, TranscribeRequest(model=None, source=path.name))
+        return [(s["start"], s["end"], s["text"]) for s in body.get("segments") or []]
 
     def __enter__(self) -> "_Session":
         return self
@@ -62,7 +67,8 @@ def create(
 @rag_app.command(no_args_is_help=True)
 def add(name: str, paths: list[Path] = typer.Argument(..., help="files or folders (walked for documents)"),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bar")):
-    """Add files and folders: text, Markdown, HTML, PDF, DOCX. Unchanged files are skipped; changed ones replaced."""
+    """Add files and folders: text, Markdown, HTML, PDF, DOCX, images (OCR) and audio (transcribed). Unchanged files
+    are skipped; changed ones replaced."""
     with _Session() as s:
         s.collections.index(name)  # an unknown collection is an error before any work
         report = run_job(Job("ingest", f"add to {name}", lambda r: s.collections.add(name, paths, r)), err, quiet)

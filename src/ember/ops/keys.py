@@ -64,7 +64,8 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
         ("GET", "/openapi.json"), ("HEAD", "/openapi.json"), ("GET", "/docs"), ("HEAD", "/docs"),
         ("GET", "/docs/oauth2-redirect"), ("HEAD", "/docs/oauth2-redirect"), ("GET", "/api/collections"),
         ("GET", "/api/collections/{name}"), ("POST", "/api/collections/{name}/query"), ("POST", "/api/rerank"),
-        ("POST", "/v1/rerank"), ("POST", "/rerank"), ("POST", "/v1/reranking"))},
+        ("POST", "/v1/rerank"), ("POST", "/rerank"), ("POST", "/v1/reranking"),
+        ("POST", "/v1/audio/transcriptions"), ("POST", "/v1/audio/translations"), ("POST", "/api/ocr"))},
     **{(method, path): Access.MANAGE for method, path in (
         ("POST", "/api/copy"), ("DELETE", "/api/delete"), ("POST", "/api/pull"), ("POST", "/api/push"),
         ("POST", "/api/create"),

@@ -106,9 +106,10 @@ def expand(paths: list[Path]) -> Iterator[tuple[Path, str | None]]:
 
 class Collections:
     def __init__(self, root: Path, embed: Embed, prepare: Callable[[str], object] | None = None,
-                 rag_url: str | None = None):
+                 rag_url: str | None = None, transcribe: readers.Transcribe | None = None):
         self.root = Path(root)
         self.embed = embed
+        self.transcribe = transcribe  # audio files' speech to text (the runtime's Whisper)
         self.prepare = prepare  # called with the embedding model before a collection is made (to pull a bundled one)
         self._indexes: dict[str, tuple[int, SqliteIndex]] = {}  # name → (the file's inode, its index)
         # On a Chroma server instead of SQLite files, when one is named (connected at first use).
@@ -273,7 +274,7 @@ class Collections:
             result.unchanged.append(key)
             return
         try:
-            doc = readers.read_document(path)
+            doc = readers.read_document(path, transcribe=self.transcribe)
         except readers.UnreadableDocument as e:
             result.failed.append((key, e.reason))
             return

@@ -32,7 +32,18 @@ SUFFIXES: dict[str, str] = {
     ".html": "html", ".htm": "html",
     ".pdf": "pdf",
     ".docx": "docx",
+    # Read by OCR (English and Russian): their text, page by page for a multi-page TIFF.
+    ".png": "image", ".jpg": "image", ".jpeg": "image", ".tif": "image", ".tiff": "image", ".webp": "image",
+    ".bmp": "image", ".gif": "image",
+    # Transcribed by speech-to-text, in sections of about a minute whose heading is their time in the recording.
+    ".wav": "audio", ".mp3": "audio", ".m4a": "audio", ".ogg": "audio", ".oga": "audio", ".opus": "audio",
+    ".flac": "audio", ".webm": "audio",
 }
+MAX_AUDIO_BYTES = 1024 * 1024 * 1024  # an hour of WAV is ~600 MB; its text is small
+AUDIO_SECTION_SECONDS = 60.0
+
+# What turns an audio file into timed text: (start s, end s, text) segments (the runtime's Whisper).
+Transcribe = Callable[[Path], list[tuple[float, float, str]]]
 
 
 class UnreadableDocument(ValueError):
@@ -55,7 +66,7 @@ class Section:
 @dataclass(frozen=True)
 class Document:
     path: Path
-    kind: str  # "text", "markdown", "html", "pdf" or "docx"
+    kind: str  # "text", "markdown", "html", "pdf", "docx", "image" or "audio"
     text: str  # the sections joined by "\n\n": what chunk and citation spans index into
     sections: list[Section]
     title: str | None
@@ -65,13 +76,15 @@ def supported(path: Path) -> bool:
     return Path(path).suffix.lower() in SUFFIXES
 
 
-def read_document(path: Path, *, max_bytes: int = MAX_BYTES) -> Document:
+def read_document(path: Path, *, max_bytes: int = MAX_BYTES, transcribe: Transcribe | None = None) -> Document:
     """The text and structure of the file at `path`; raises `UnreadableDocument` and nothing else."""
     path = Path(path)
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise UnreadableDocument(path, f"ember cannot read '{path.suffix or 'no suffix'}' files; convert it to one of "
                                        f"{', '.join(sorted(SUFFIXES))}")
+    if kind == "audio":
+        return _read_audio(path, transcribe)
     try:
         size = path.stat().st_size
         if not path.is_file():
@@ -152,6 +165,11 @@ class _Builder:
         self.path.append((level, text))
         self.first_heading = self.first_heading or text
         self._start().blocks.append(text)
+
+    def span(self, label: str) -> None:
+        """A section under a label of its own (an audio section's time), not a heading of the text."""
+        self.path = [(1, label)]
+        self._start()
 
     def new_page(self, page: int) -> None:
         self.page = page
@@ -470,8 +488,9 @@ def _read_pdf(path: Path, data: bytes, builder: _Builder) -> str | None:
     if failure is not None and not any(pages):
         raise failure
     if not any(line.text.strip() for lines in pages for line in lines):
-        raise UnreadableDocument(path, "has no text layer (a scanned or image-only PDF); ember cannot read it yet: "
-                                       "OCR support is coming (the media issue)")
+        # A scanned (image-only) PDF: its pages are rendered and read by OCR.
+        _read_ocr(path, data, builder)
+        return one_line(str(reader.metadata.title or "")) if reader.metadata else None
     _drop_running_lines(pages)
     body = _body_size(pages)
     heading_sizes = sorted({round(line.size * 2) / 2 for lines in pages for line in lines
@@ -694,10 +713,74 @@ def _docx_list_item(paragraph) -> bool:
     return name.lower().startswith(("list", "абзац списка"))
 
 
+# -- audio: speech to text -------------------------------------------------------------------------------------------
+
+def clock(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def _read_audio(path: Path, transcribe: Transcribe | None) -> Document:
+    from ember.core.errors import EmberError
+
+    if transcribe is None:
+        raise UnreadableDocument(path, "audio is transcribed by ember's runtime, which this reader was not given")
+    try:
+        if path.stat().st_size > MAX_AUDIO_BYTES:
+            raise UnreadableDocument(path, f"is over the {MAX_AUDIO_BYTES >> 20} MB limit for one recording; split it")
+        segments = transcribe(path)
+    except OSError as e:
+        raise UnreadableDocument(path, f"cannot be opened: {e.strerror or e}") from e
+    except EmberError as e:
+        raise UnreadableDocument(path, e.message) from e
+    builder = _Builder()
+    # Sections of about a minute, each under its time span: a citation then says where to listen.
+    group: list[tuple[float, float, str]] = []
+
+    def flush() -> None:
+        if group:
+            builder.span(f"{clock(group[0][0])}–{clock(group[-1][1])}")
+            builder.block(" ".join(text.strip() for _, _, text in group))
+            group.clear()
+
+    for start, end, text in segments:
+        if not text.strip():
+            continue
+        if group and end - group[0][0] > AUDIO_SECTION_SECONDS:
+            flush()
+        group.append((start, end, text))
+    flush()
+    doc = builder.document(path, "audio", None)
+    if not doc.sections:
+        raise UnreadableDocument(path, "has no speech that could be transcribed")
+    return doc
+
+
+# -- images (and scanned PDFs): OCR ------------------------------------------------------------------------------------
+
+def _read_ocr(path: Path, data: bytes, builder: _Builder) -> str | None:
+    from ember.core.errors import EmberError
+    from ember.media.ocr import UnreadableImage, read_bytes
+
+    try:
+        pages = read_bytes(data, path.name)
+    except UnreadableImage as e:  # its message names the file, which UnreadableDocument does too
+        raise UnreadableDocument(path, e.reason) from e
+    except EmberError as e:  # Tesseract missing: what to install
+        raise UnreadableDocument(path, e.message) from e
+    for page in pages:
+        if len(pages) > 1 or path.suffix.lower() == ".pdf":
+            builder.new_page(page.number)
+        for paragraph in re.split(r"\n\s*\n", page.text):
+            builder.block(paragraph)
+    return None
+
+
 _READERS: dict[str, Callable[[Path, bytes, _Builder], str | None]] = {
     "text": _read_text,
     "markdown": _read_markdown,
     "html": _read_html,
     "pdf": _read_pdf,
     "docx": _read_docx,
+    "image": _read_ocr,
 }

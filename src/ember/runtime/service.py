@@ -7,15 +7,27 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import replace
+from pathlib import Path
+from typing import BinaryIO
 
 from ember.config import Settings
 from ember.core.options import Options
-from ember.core.types import Done, Embeddings, EmbedRequest, Event, GenerateRequest, Token
+from ember.core.types import (
+    Done,
+    Embeddings,
+    EmbedRequest,
+    Event,
+    GenerateRequest,
+    Segment,
+    Token,
+    TranscribeRequest,
+    Transcript,
+)
 from ember.engines.base import EngineFactory, Role
 from ember.ops.metrics import Metrics, RuntimeState
 from ember.rag.collections import Collections
 from ember.rag.retrieve import Rerank
-from ember.runtime import embedding, generation, grounded, memory, rerank
+from ember.runtime import embedding, generation, grounded, images, memory, rerank, transcription
 from ember.runtime.jobs import Jobs
 from ember.runtime.plan import plan
 from ember.runtime.scheduler import Loaded, Scheduler
@@ -36,7 +48,8 @@ class Runtime:
         self.scheduler = Scheduler(settings, factory, clock=clock, memory_budget=memory_budget)
         self.jobs = Jobs()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.collections = Collections(settings.home / "collections", self.embed_from_thread, store.ensure_bundled)
+        self.collections = Collections(settings.home / "collections", self.embed_from_thread, store.ensure_bundled,
+                                       transcribe=self.transcribe_from_thread)
         self._remembering: set[asyncio.Task] = set()  # turns being written to memory (held: tasks are weakly kept)
         self.ready = False  # true from start() until draining begins: what /health reports
         self.draining = False
@@ -67,6 +80,9 @@ class Runtime:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
         """Events for one request, ending with Done. Closing the iterator early cancels the generation."""
         self._loop = asyncio.get_running_loop()  # searching and remembering embed from worker threads, on this loop
+        ocr_images = 0
+        if images.has_images(request):  # checked here: a thread hop for every request would cost latency
+            request, ocr_images = await asyncio.to_thread(images.read_images, request)
         options = await self._options(request)
         found = await self._ground(request, options)
         if found and found.nothing_found is not None:  # said without the model, which would make an answer up
@@ -87,6 +103,8 @@ class Runtime:
                     self.metrics.generation_done(request.model, event)
                     if question and event.reason in ("stop", "length"):
                         self._remember(str(parse_name(request.model)), question, event.text)
+                    if ocr_images:
+                        event = replace(event, images_read_by_ocr=ocr_images)
                     if found:
                         if found.cite_in_text:
                             yield Token(found.sources_text())
@@ -147,6 +165,21 @@ class Runtime:
             raise RuntimeError("the runtime is not started")
         request = EmbedRequest(model, texts, truncate=True)
         return asyncio.run_coroutine_threadsafe(self.embed(request), self._loop).result().vectors
+
+    async def transcribe(self, request: TranscribeRequest, audio: BinaryIO,
+                         on_segment: Callable[[Segment, float], None] | None = None) -> Transcript:
+        result = await transcription.transcribe(self.scheduler, self.store, self.settings, request, audio, on_segment)
+        self.metrics.transcribed(result.model, result.duration)
+        return result
+
+    def transcribe_from_thread(self, path: Path) -> list[tuple[float, float, str]]:
+        """(start, end, text) of a recording, for an ingest job on a worker thread; computed on the loop."""
+        if self._loop is None:
+            raise RuntimeError("the runtime is not started")
+        with open(path, "rb") as f:
+            request = TranscribeRequest(model=None, source=path.name)
+            transcript = asyncio.run_coroutine_threadsafe(self.transcribe(request, f), self._loop).result()
+        return [(s.start, s.end, s.text) for s in transcript.segments]
 
     async def load(self, name: str, options: Options, keep_alive: float | None) -> int:
         """Load a model without generating (an empty prompt in Ollama's API); returns the load time in ns."""
