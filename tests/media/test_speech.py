@@ -137,7 +137,7 @@ def test_errors_name_what_was_wrong(client, speech, server):
     assert "response_format" in str(caught.value)
 
 
-def test_cli_transcribes_a_batch_and_reports_the_bad_file(ember_home, speech, tmp_path):
+def test_cli_transcribes_a_batch_and_reports_the_bad_file(ember_home, speech, client):
     result = ember(ember_home, "transcribe", str(speech["corrupt"]), str(speech["en"]), "--language", "en",
                    "--format", "json", timeout=300)
     assert result.returncode == 1
@@ -145,6 +145,9 @@ def test_cli_transcribes_a_batch_and_reports_the_bad_file(ember_home, speech, tm
     files = json.loads(result.stdout)["files"]
     assert [Path(f["file"]).name for f in files] == ["english.wav"]
     assert wer(ENGLISH, files[0]["text"]) <= 0.15
+    # The CLI (in its own process) and the openai client (through the server) hear the same words.
+    with open(speech["en"], "rb") as f:
+        assert client.audio.transcriptions.create(model="whisper-1", file=f, language="en").text == files[0]["text"]
 
 
 def test_cli_writes_srt(ember_home, speech):
