@@ -159,15 +159,12 @@ def test_cli_writes_srt(ember_home, speech):
 
 
 def test_a_folder_made_into_a_model_with_a_modelfile(ember_home, tmp_path, client, speech):
-    from ember.store.store import ModelStore
-
-    folder = ModelStore(ember_home / "models").get("whisper:tiny.en")
-    source = tmp_path / "my-whisper"
-    source.mkdir()
-    shutil.copy(folder.model_path, source / "model.bin")
-    for name, path in folder.files.items():
-        shutil.copy(path, source / name)
-    (tmp_path / "Modelfile").write_text("FROM ./my-whisper\n")
+    exported = ember(ember_home, "export", "whisper:tiny.en", str(tmp_path / "out"))
+    assert exported.returncode == 0, exported.stderr
+    folder = tmp_path / "out" / "whisper-tiny.en"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.bin", "tokenizer.json",
+                                                         "vocabulary.txt"]
+    (tmp_path / "Modelfile").write_text("FROM ./out/whisper-tiny.en\nPARAMETER num_thread 1\n")
     result = ember(ember_home, "create", "mywhisper", "-f", str(tmp_path / "Modelfile"))
     assert result.returncode == 0, result.stderr
     shown = ember(ember_home, "show", "mywhisper")
@@ -175,3 +172,6 @@ def test_a_folder_made_into_a_model_with_a_modelfile(ember_home, tmp_path, clien
     with open(speech["en"], "rb") as f:
         text = client.audio.transcriptions.create(model="mywhisper", file=f).text
     assert wer(ENGLISH, text) <= 0.15
+    (tmp_path / "Bad").write_text("FROM ./out\n")  # a folder without model.bin
+    refused = ember(ember_home, "create", "badwhisper", "-f", str(tmp_path / "Bad"))
+    assert refused.returncode == 1 and "model.bin and config.json" in refused.stderr

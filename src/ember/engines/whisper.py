@@ -16,6 +16,7 @@ from typing import BinaryIO
 from ember.core.errors import BadRequest, EmberError
 from ember.core.types import Segment, TranscribeRequest, Word
 from ember.engines.base import EngineStatus, LoadSpec
+from ember.extras import require
 
 log = logging.getLogger("ember.whisper")
 
@@ -39,10 +40,7 @@ def _cuda_devices() -> int:
 
 class WhisperEngine:
     def __init__(self, spec: LoadSpec):
-        try:
-            from faster_whisper import WhisperModel
-        except ImportError:
-            raise EmberError("speech-to-text needs faster-whisper: pip install 'ember[media]'") from None
+        WhisperModel = require("faster_whisper", "media", "speech to text").WhisperModel
         self.spec = spec
         self.device = "cuda" if _cuda_devices() else "cpu"
         self.threads = spec.num_thread or max(1, os.cpu_count() or 1)

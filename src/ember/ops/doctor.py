@@ -266,6 +266,10 @@ def _spec(model: Model, num_ctx: int):
     from ember.engines.base import Capability, LoadSpec, Role
     from ember.engines.registry import capabilities
 
+    if model.is_speech:
+        from ember.store.store import model_folder
+
+        return LoadSpec(model_folder(model), role=Role.TRANSCRIBE, num_ctx=448)
     role = Role.EMBED if Capability.EMBEDDING in capabilities(model) else Role.GENERATE
     return LoadSpec(model.model_path, role=role, adapter_paths=tuple(model.adapter_paths), num_ctx=num_ctx,
                     num_parallel=1)
@@ -278,7 +282,7 @@ def _check_loads(models: list[Model], available: int) -> list[Check]:
     groups: dict[tuple[Path, ...], list[Model]] = {}  # names for the same files load the same way: once
     for model in models:
         groups.setdefault((model.model_path, *model.adapter_paths), []).append(model)
-    loaded, problems = 0, []
+    loaded, problems, runners = 0, [], set()
     for group in groups.values():
         group.sort(key=lambda m: m.name)
         quoted = ", ".join(f"'{m.name}'" for m in group)
@@ -289,7 +293,9 @@ def _check_loads(models: list[Model], available: int) -> list[Check]:
                 problems.append(Check("models", Status.WARN, f"{quoted} not tried: it needs about {_size(needed)}, "
                                       f"{_size(available)} is available", "close other programs and run doctor again"))
                 continue
-            engines.load(spec).close()
+            engine = engines.load(spec)
+            runners.add(engine.status().runner)
+            engine.close()
             loaded += len(group)
         except Exception as e:  # whatever llama.cpp raises, the model does not load
             why = e.message if isinstance(e, EmberError) else f"{type(e).__name__}: {e}"
@@ -299,7 +305,8 @@ def _check_loads(models: list[Model], available: int) -> list[Check]:
                                   f"ember rm {' '.join(m.name for m in group)}, then "
                                   f"{'; '.join(_remake(m.name) for m in group)}"))
     verb = "loads" if loaded == 1 else "load"
-    return [*([Check("models", Status.OK, f"{_plural(loaded, 'model')} {verb} with llama.cpp")] if loaded else []),
+    engines_used = ", ".join(sorted(runners))
+    return [*([Check("models", Status.OK, f"{_plural(loaded, 'model')} {verb} with {engines_used}")] if loaded else []),
             *problems]
 
 

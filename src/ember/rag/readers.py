@@ -490,7 +490,7 @@ def _read_pdf(path: Path, data: bytes, builder: _Builder) -> str | None:
     if not any(line.text.strip() for lines in pages for line in lines):
         # A scanned (image-only) PDF: its pages are rendered and read by OCR.
         _read_ocr(path, data, builder)
-        return one_line(str(reader.metadata.title or "")) if reader.metadata else None
+        return _pdf_title(reader) or None
     _drop_running_lines(pages)
     body = _body_size(pages)
     heading_sizes = sorted({round(line.size * 2) / 2 for lines in pages for line in lines
@@ -500,11 +500,14 @@ def _read_pdf(path: Path, data: bytes, builder: _Builder) -> str | None:
     for number, lines in enumerate(pages, 1):
         builder.new_page(number)
         _pdf_page(lines, builder, body, level_of, step)
+    return _pdf_title(reader) or builder.first_heading
+
+
+def _pdf_title(reader) -> str:
     try:
-        title = one_line(str(reader.metadata.title or "")) if reader.metadata else ""
+        return one_line(str(reader.metadata.title or "")) if reader.metadata else ""
     except Exception:  # damaged metadata: the text is what matters
-        title = ""
-    return title or builder.first_heading
+        return ""
 
 
 _BOLD_FONT = re.compile(r"bold|black|heavy|semibold|demi", re.I)

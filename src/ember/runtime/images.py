@@ -6,6 +6,9 @@ Images arrive base64-encoded (Ollama's `images`, OpenAI's data: URLs); nothing i
 
 import base64
 import binascii
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import replace
 
 from ember.core.errors import BadRequest
@@ -31,11 +34,30 @@ def _marked(texts: list[tuple[int, str]]) -> str:
     return "\n\n".join(blocks)
 
 
-def _read(images: list[str], where: str, first: int) -> list[tuple[int, str]]:
+# A chat sends its whole history again each turn (Open WebUI, the clients): an image already read is not read again.
+_READ: OrderedDict[str, str] = OrderedDict()
+_READ_KEPT = 64
+_read_lock = threading.Lock()
+
+
+def _text_of(data: bytes, where: str) -> str:
     from ember.media.ocr import image_text
 
-    return [(first + j, image_text(_decode(image, f"{where}[{j}]"), name=f"{where}[{j}]"))
-            for j, image in enumerate(images)]
+    key = hashlib.sha256(data).hexdigest()
+    with _read_lock:
+        if key in _READ:
+            _READ.move_to_end(key)
+            return _READ[key]
+    text = image_text(data, name=where)
+    with _read_lock:
+        _READ[key] = text
+        while len(_READ) > _READ_KEPT:
+            _READ.popitem(last=False)
+    return text
+
+
+def _read(images: list[str], where: str, first: int) -> list[tuple[int, str]]:
+    return [(first + j, _text_of(_decode(image, f"{where}[{j}]"), f"{where}[{j}]")) for j, image in enumerate(images)]
 
 
 def has_images(request: GenerateRequest) -> bool:

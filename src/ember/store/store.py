@@ -134,6 +134,29 @@ def _link_root() -> Path:
     return root
 
 
+def model_folder(model: Model) -> Path:
+    """A folder faster-whisper can open: links to the model's blobs under their file names (made once per process,
+    outside the store so that backups and pruning never meet it)."""
+    root = _link_root() / model.digest
+    if not root.is_dir():
+        tmp = Path(tempfile.mkdtemp(dir=_link_root(), prefix=".part-"))
+        (tmp / "model.bin").symlink_to(model.model_path)
+        for name, path in model.files.items():
+            if name in FOLDER_FILES:  # a title from a hand-edited manifest never escapes the folder
+                (tmp / name).symlink_to(path)
+        try:
+            tmp.rename(root)
+        except OSError:  # made by another thread meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _file_title(layer: dict[str, Any]) -> str:
+    annotations = layer.get("annotations")
+    title = annotations.get(FILE_TITLE) if isinstance(annotations, dict) else None
+    return title if isinstance(title, str) else ""
+
+
 def _damaged(name: ModelName, why: str) -> EmberError:
     return EmberError(f"model '{name}' is damaged ({why}); remove it with: ember rm {name}, "
                       "then pull or create it again")
@@ -198,7 +221,7 @@ class ModelStore:
             messages=messages, size=sum(layer["size"] for layer in manifest.layers),
             modified_at=datetime.fromtimestamp(manifest.mtime, UTC),
             layers=manifest.layers, format=model_format,
-            files={layer.get("annotations", {}).get(FILE_TITLE, ""): blob(layer) for layer in by_kind.get("file", [])},
+            files={_file_title(layer): blob(layer) for layer in by_kind.get("file", [])},
         )
 
     def list(self) -> list[Model]:
@@ -302,20 +325,7 @@ class ModelStore:
         return layers
 
     def folder(self, model: Model) -> Path:
-        """A folder faster-whisper can open: links to the model's blobs under their file names (made once per
-        process, outside the store so that backups and pruning never meet it)."""
-        root = _link_root() / model.digest
-        if not root.is_dir():
-            tmp = Path(tempfile.mkdtemp(dir=_link_root(), prefix=".part-"))
-            (tmp / "model.bin").symlink_to(model.model_path)
-            for name, path in model.files.items():
-                if name in FOLDER_FILES:  # a title from a hand-edited manifest never escapes the folder
-                    (tmp / name).symlink_to(path)
-            try:
-                tmp.rename(root)
-            except OSError:  # made by another thread meanwhile
-                shutil.rmtree(tmp, ignore_errors=True)
-        return root
+        return model_folder(model)
 
     def _check_gguf(self, source: str, adapter: bool) -> None:
         what = "ADAPTER" if adapter else "FROM"
@@ -513,6 +523,8 @@ class ModelStore:
         name = parse_name(raw)
         dest = Path(dest)
         base = f"{name.model}-{name.tag}"
+        if model.is_speech:
+            return self._export_folder(model, dest, base)
         targets = [dest / f"{base}.gguf"] + [dest / f"{base}-adapter-{i + 1}.gguf"
                                              for i in range(len(model.adapter_paths))]
         modelfile = dest / "Modelfile"
@@ -530,3 +542,21 @@ class ModelStore:
         except (NotADirectoryError, FileExistsError, PermissionError) as e:
             raise BadRequest(f"cannot export into {dest}: {e.strerror}") from None
         return [*targets, modelfile]
+
+    def _export_folder(self, model: Model, dest: Path, base: str) -> list[Path]:
+        """A folder model as the folder it came from (model.bin and its files) and a Modelfile that makes it again."""
+        folder, modelfile = dest / base, dest / "Modelfile"
+        clash = [p for p in (folder, modelfile) if p.exists()]
+        if clash:
+            raise BadRequest(f"{clash[0]} already exists; export into another folder or remove it first")
+        try:
+            make_dirs(folder)
+            files = [("model.bin", layer) for layer in model.layers if layer_kind(layer) == "model"]
+            files += [(_file_title(layer), layer) for layer in model.layers if layer_kind(layer) == "file"
+                      and _file_title(layer) in FOLDER_FILES]
+            for file_name, layer in files:
+                self.blobs.copy_out(layer["digest"], folder / file_name)
+            atomic_write_bytes(modelfile, render_modelfile(model, from_line=f"./{base}").encode("utf-8"))
+        except (NotADirectoryError, FileExistsError, PermissionError) as e:
+            raise BadRequest(f"cannot export into {dest}: {e.strerror}") from None
+        return [folder / file_name for file_name, _ in files] + [modelfile]
