@@ -136,8 +136,9 @@ def test_a_missing_language_names_its_package(files):
     with pytest.raises(BadRequest, match=f"'{MISSING_LANGUAGE}' is not installed: apt-get install "
                                          f"tesseract-ocr-{MISSING_LANGUAGE}"):
         ocr.read(files["png"], f"eng+{MISSING_LANGUAGE}")
-    with pytest.raises(BadRequest, match="name none"):
-        ocr.read(files["png"], "+")
+    for nonsense in ("+", "eng+", "../../etc"):  # not a language: not passed to Tesseract, nor named as a package
+        with pytest.raises(BadRequest, match="give Tesseract language codes"):
+            ocr.read(files["png"], nonsense)
 
 
 # -- the CLI --------------------------------------------------------------------------------------------------------

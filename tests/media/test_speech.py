@@ -130,6 +130,9 @@ def test_errors_name_what_was_wrong(client, speech, server):
         client.audio.transcriptions.create(model="whisper:tiny.en", file=f, language="ru")
     assert "English only" in str(caught.value) and "whisper:base" in str(caught.value)
     with open(speech["en"], "rb") as f, pytest.raises(openai.BadRequestError) as caught:
+        client.audio.transcriptions.create(model="whisper-1", file=f, language="xx")
+    assert "'xx' is not one Whisper knows" in str(caught.value)
+    with open(speech["en"], "rb") as f, pytest.raises(openai.BadRequestError) as caught:
         client.audio.transcriptions.create(model="smollm2", file=f)
     assert "not a speech-to-text model" in str(caught.value)
     with open(speech["en"], "rb") as f, pytest.raises(openai.BadRequestError) as caught:

@@ -11,6 +11,7 @@ in this same process read the OpenMP variables too, and must keep their threads.
 """
 
 import os
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -67,11 +68,15 @@ class Recognized:
 
 def parse_languages(spec: str) -> list[str]:
     """"eng+rus" as ["eng", "rus"]; Tesseract tries them in this order."""
-    languages = [part.strip() for part in spec.split("+") if part.strip()]
-    if not languages:
-        raise BadRequest(f"OCR languages {spec!r} name none: give Tesseract language codes joined by '+', "
+    languages = [part.strip() for part in spec.split("+")]
+    if not any(languages) or not all(_LANGUAGE_CODE.fullmatch(part) for part in languages):
+        raise BadRequest(f"OCR languages {spec!r}: give Tesseract language codes joined by '+', "
                          f"e.g. {DEFAULT_LANGUAGES}")
     return languages
+
+
+# Tesseract's names for its trained data: eng, chi_sim, deu_latf, script/Cyrillic.
+_LANGUAGE_CODE = re.compile(r"(?:script/)?[A-Za-z][A-Za-z_]{1,30}")
 
 
 def _package(language: str) -> str:

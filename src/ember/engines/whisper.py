@@ -66,6 +66,9 @@ class WhisperEngine:
                              "multilingual one (whisper:base)")
         if not self.multilingual and request.task == "translate":
             raise BadRequest("this Whisper model is English only and cannot translate: use whisper:base")
+        if request.language is not None and request.language not in self._model.supported_languages:
+            raise BadRequest(f"language {request.language!r} is not one Whisper knows; give an ISO 639-1 code "
+                             f"({', '.join(self._model.supported_languages)}), or leave it out to detect it")
         with self._lock:
             self._busy = 1
             try:
