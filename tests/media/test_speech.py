@@ -153,6 +153,25 @@ def test_cli_transcribes_a_batch_and_reports_the_bad_file(ember_home, speech, cl
         assert client.audio.transcriptions.create(model="whisper-1", file=f, language="en").text == files[0]["text"]
 
 
+def test_streamed_segments_and_the_cli_through_the_server(client, server, ember_home, speech):
+    with open(speech["en"], "rb") as f:
+        events = list(client.audio.transcriptions.create(model="whisper-1", file=f, language="en", stream=True))
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    assert deltas and events[-1].type == "transcript.text.done"
+    ends = [e.model_extra["segment"]["end"] for e in deltas]
+    assert ends == sorted(ends) and ends[-1] <= deltas[-1].model_extra["duration"] + 1e-3
+    assert wer(ENGLISH, events[-1].text) <= 0.15
+    # The CLI with a server running sends the file there and reads the same stream.
+    result = ember(ember_home, "transcribe", str(speech["en"]), "--language", "en", "--format", "vtt",
+                   port=server.port, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("WEBVTT")
+    spoken = " ".join(line for line in result.stdout.splitlines()[1:] if line and "-->" not in line)
+    assert wer(ENGLISH, spoken) <= 0.15
+    with open(speech["corrupt"], "rb") as f, pytest.raises(openai.BadRequestError):  # refused before the stream
+        list(client.audio.transcriptions.create(model="whisper-1", file=f, stream=True))
+
+
 def test_cli_writes_srt(ember_home, speech):
     result = ember(ember_home, "transcribe", str(speech["ru"]), "--language", "ru", "--format", "srt", "--quiet",
                    timeout=300)

@@ -2,10 +2,15 @@
 them, so `openai`'s `audio.transcriptions.create` works unchanged.
 
 The form is read by hand rather than declared field by field: OpenAI's clients send arrays as
-`timestamp_granularities[]`, and each wrong field deserves a message that names it. `stream` is accepted and
-ignored, as OpenAI does for whisper-1.
+`timestamp_granularities[]`, and each wrong field deserves a message that names it. With `stream=true` the text comes
+as server-sent events while the audio is decoded, in the shape OpenAI streams its newer transcription models:
+`transcript.text.delta` for each segment (with ember's `segment`: its times, and the audio's duration, so a client
+can show progress) and one `transcript.text.done` (OpenAI ignores `stream` for whisper-1; ember need not).
 """
 
+import asyncio
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,8 +19,8 @@ from starlette.datastructures import FormData, UploadFile
 
 from ember.api import common
 from ember.core.errors import BadRequest
-from ember.core.types import TranscribeRequest
-from ember.media.transcripts import FORMATS, render
+from ember.core.types import Segment, TranscribeRequest, Transcript
+from ember.media.transcripts import FORMATS, language_name, render
 
 router = APIRouter()
 
@@ -30,9 +35,10 @@ _FORM = {"multipart/form-data": {"schema": {
         "response_format": {"type": "string", "enum": list(FORMATS)},
         "temperature": {"type": "number", "minimum": 0, "maximum": 1},
         "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["segment", "word"]}},
+        "stream": {"type": "boolean", "description": "server-sent events as the audio is decoded"},
     }}}}
-_OK = {200: {"description": "The transcript in the asked format",
-             "content": {"application/json": {}, "text/plain": {}}}}
+_OK = {200: {"description": "The transcript in the asked format, or with stream=true server-sent events",
+             "content": {"application/json": {}, "text/plain": {}, "text/event-stream": {}}}}
 
 
 def _one(form: FormData, name: str) -> str | None:
@@ -72,16 +78,59 @@ def _request(form: FormData, task: str) -> tuple[TranscribeRequest, UploadFile, 
 
 async def _answer(request: Request, task: str):
     form = await request.form()
+    streaming = False
     try:
         body, upload, response_format, granularities = _request(form, task)
+        if (_one(form, "stream") or "").lower() == "true":
+            first, events = await common.start(_events(common.runtime(request), body, upload, form), request)
+            streaming = True  # the form is closed when the stream ends
+            return common.stream(first, events, _sse, "text/event-stream")
         transcript = await common.unless_gone(request, common.runtime(request).transcribe(body, upload.file))
     finally:
-        await form.close()
+        if not streaming:
+            await form.close()
     out: Any = render(transcript, response_format, task, words="word" in granularities,
                       segments=not granularities or "segment" in granularities)
     if isinstance(out, str):
         return PlainTextResponse(out, media_type="text/vtt" if response_format == "vtt" else "text/plain")
     return JSONResponse(out)
+
+
+async def _events(runtime, body: TranscribeRequest, upload: UploadFile, form: FormData
+                  ) -> AsyncIterator[tuple[Segment, float] | Transcript]:
+    """(segment, duration) as each is decoded, then the transcript. Closing it early stops the work."""
+    loop = asyncio.get_running_loop()
+    heard: asyncio.Queue[tuple[Segment, float]] = asyncio.Queue()
+    work = asyncio.ensure_future(runtime.transcribe(
+        body, upload.file, lambda segment, duration: loop.call_soon_threadsafe(heard.put_nowait, (segment, duration))))
+    try:
+        while not work.done():
+            waiting = asyncio.ensure_future(heard.get())
+            await asyncio.wait((waiting, work), return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done():
+                yield waiting.result()
+            else:
+                waiting.cancel()
+        await asyncio.sleep(0)  # the last call_soon_threadsafe lands before the queue is drained
+        while not heard.empty():
+            yield heard.get_nowait()
+        yield work.result()
+    finally:
+        if not work.done():
+            work.cancel()
+            await asyncio.wait((work,))
+        await form.close()
+
+
+def _sse(event: tuple[Segment, float] | Transcript) -> list[str]:
+    if isinstance(event, Transcript):
+        body = {"type": "transcript.text.done", "text": event.text, "language": language_name(event.language),
+                "duration": round(event.duration, 3), "usage": {"type": "duration", "seconds": round(event.duration)}}
+    else:
+        segment, duration = event
+        body = {"type": "transcript.text.delta", "delta": segment.text, "duration": round(duration, 3),
+                "segment": {"start": round(segment.start, 3), "end": round(segment.end, 3), "text": segment.text}}
+    return [f"data: {json.dumps(body, ensure_ascii=False)}\n\n"]
 
 
 @router.post("/v1/audio/transcriptions", responses=_OK, openapi_extra={"requestBody": {"content": _FORM}})

@@ -87,18 +87,41 @@ class HttpClient:
 
     def transcribe(self, path: Path, request: TranscribeRequest,
                    on_segment: Callable[[Segment, float], None] | None = None) -> dict[str, Any]:
-        """OpenAI's verbose_json for the file (the server reports no progress while it works)."""
-        form = {"response_format": "verbose_json", "temperature": str(request.temperature),
-                **{k: v for k, v in (("model", request.model), ("language", request.language),
-                                     ("prompt", request.prompt)) if v}}
-        if request.word_timestamps:
-            form["timestamp_granularities[]"] = ["segment", "word"]
+        """The file's transcript in verbose_json's shape. Streamed (segments as the server decodes them, for the
+        progress bar), unless word timestamps are asked for: those come in the whole verbose_json."""
+        form: dict[str, Any] = {"temperature": str(request.temperature),
+                                **{k: v for k, v in (("model", request.model), ("language", request.language),
+                                                     ("prompt", request.prompt)) if v}}
         route = "/v1/audio/translations" if request.task == "translate" else "/v1/audio/transcriptions"
         with open(path, "rb") as f:
-            response = self.http.post(route, data=form, files={"file": (path.name, f)})
-        if response.status_code >= 400:
-            raise EmberError(_error_text(response), status=response.status_code)
-        return response.json()
+            if request.word_timestamps:
+                form.update({"response_format": "verbose_json", "timestamp_granularities[]": ["segment", "word"]})
+                response = self.http.post(route, data=form, files={"file": (path.name, f)})
+                if response.status_code >= 400:
+                    raise EmberError(_error_text(response), status=response.status_code)
+                return response.json()
+            with self.http.stream("POST", route, data={**form, "stream": "true"},
+                                  files={"file": (path.name, f)}) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise EmberError(_error_text(response), status=response.status_code)
+                segments: list[dict[str, Any]] = []
+                for line in response.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    event = json.loads(line[6:])
+                    if event.get("type") == "transcript.text.delta":
+                        segments.append(event["segment"])
+                        if on_segment:
+                            piece = event["segment"]
+                            on_segment(Segment(piece["start"], piece["end"], piece["text"]), event["duration"])
+                    elif event.get("type") == "transcript.text.done":
+                        return {"task": request.task, "language": event.get("language", ""),
+                                "duration": event.get("duration", 0.0), "text": event["text"], "segments": segments}
+                    elif "error" in event:
+                        error = event["error"]
+                        raise EmberError(error.get("message", str(error)) if isinstance(error, dict) else str(error))
+        raise EmberError("the server ended the transcription without its final event; try again")
 
     def close(self) -> None:
         self.http.close()

@@ -1,5 +1,5 @@
-"""`ember transcribe`: speech to text from the terminal, through the running server when there is one, else in this
-process with a progress bar in seconds of audio.
+"""`ember transcribe`: speech to text from the terminal, through the running server when there is one (its stream of
+segments drives the progress bar), else in this process, with a progress bar in seconds of audio either way.
 
 A file that cannot be read is reported by name and the others are still transcribed; the exit code is 1 if any failed.
 """
@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ember.cli.client import LocalClient, connect
+from ember.cli.client import connect
 from ember.config import Settings
 from ember.core.errors import EmberError
 from ember.core.types import Segment, TranscribeRequest
@@ -34,9 +34,7 @@ def transcribe_command(files: list[Path], out: Console, err: Console, *, model: 
             try:
                 if not path.is_file():
                     raise EmberError(f"no such file: {path}")
-                # A bar only where someone watches it, and only in this process (a server reports no progress).
-                body = _run(client, path, request, err,
-                            quiet or not err.is_terminal or not isinstance(client, LocalClient))
+                body = _run(client, path, request, err, quiet or not err.is_terminal)  # a bar where one is watched
             except EmberError as e:
                 failed += 1
                 named = e.message if str(path) in e.message else f"{path}: {e.message}"

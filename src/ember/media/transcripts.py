@@ -53,7 +53,7 @@ def _segment_json(i: int, segment: Segment) -> dict[str, Any]:
 
 def verbose_json(transcript: Transcript, task: str, words: bool, segments: bool = True) -> dict[str, Any]:
     """OpenAI's verbose_json: the text with its language, duration, segments and (when asked for) words."""
-    body: dict[str, Any] = {"task": task, "language": _language_name(transcript.language),
+    body: dict[str, Any] = {"task": task, "language": language_name(transcript.language),
                             "duration": round(transcript.duration, 3), "text": transcript.text}
     if segments:
         body["segments"] = [_segment_json(i, s) for i, s in enumerate(transcript.segments)]
@@ -71,7 +71,7 @@ _LANGUAGE_NAMES = {"en": "english", "ru": "russian", "uk": "ukrainian", "de": "g
                    "ar": "arabic", "hi": "hindi", "nl": "dutch", "sv": "swedish", "cs": "czech"}
 
 
-def _language_name(code: str) -> str:
+def language_name(code: str) -> str:
     return _LANGUAGE_NAMES.get(code, code)
 
 
