@@ -14,6 +14,7 @@ from ember import __version__
 from ember.cli import backup as backup_cli
 from ember.cli import chat as chat_cli
 from ember.cli import doctor as doctor_cli
+from ember.cli import evaluate as eval_cli
 from ember.cli import keys as keys_cli
 from ember.cli import rag as rag_cli
 from ember.cli import train as train_cli
@@ -256,6 +257,7 @@ app.command()(doctor_cli.doctor)
 app.add_typer(backup_cli.backup_app, name="backup")
 app.command()(backup_cli.restore)
 
+app.add_typer(eval_cli.eval_app, name="eval")
 bench_app = typer.Typer(no_args_is_help=True, help="Measure speed against the tools ember replaces.")
 app.add_typer(bench_app, name="bench")
 

@@ -1,0 +1,1 @@
+"""Shrinking models and measuring what it costs: quantization, conversion, perplexity and KL divergence."""
