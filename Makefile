@@ -18,7 +18,7 @@ setup: system-deps $(STAMP)
 system-deps:
 	@bash scripts/install-system-deps
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[train,test,bench,chroma,media]'
