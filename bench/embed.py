@@ -50,7 +50,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from ember.bench.harness import concurrently, ember_server, in_turns, ratios, spread
+from ember.bench.harness import concurrently, ember_server, in_turns, machine_cpu_s, ratios, spread
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "minilm"
@@ -244,16 +244,6 @@ def machine() -> dict:
             versions[dist] = None
     return {"cores": len(os.sched_getaffinity(0)), "cpu": cpu, "platform": platform.platform(),
             "python": platform.python_version(), "versions": versions}
-
-
-def machine_cpu_s() -> float:
-    """CPU seconds the whole machine has spent busy since boot (all processes; /proc/stat)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def plot(engines: dict, labels: dict, title: str, path: Path) -> bool:

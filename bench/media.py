@@ -74,7 +74,7 @@ def measure_speech(rounds: int, folder: Path) -> dict:
     from faster_whisper import WhisperModel
 
     from ember.engines.whisper import BEAM_SIZE, CPU_COMPUTE
-    from ember.store.store import ModelStore
+    from ember.store.store import ModelStore, model_folder
 
     audio = synthesise(folder)
     home = folder / "home"
@@ -87,7 +87,7 @@ def measure_speech(rounds: int, folder: Path) -> dict:
         for model_name, language in cases:
             store.ensure_bundled(model_name)
             model = store.get(model_name)
-            direct = WhisperModel(str(store.folder(model)), device="cpu", compute_type=CPU_COMPUTE,
+            direct = WhisperModel(str(model_folder(model)), device="cpu", compute_type=CPU_COMPUTE,
                                   cpu_threads=cores, num_workers=1)
             path, seconds = audio[language]
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ember.bench.harness import machine_cpu_s
 from ember.media import ocr
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
@@ -64,16 +65,6 @@ def words_matched(truth: list[str], pages: list[ocr.Page]) -> float:
     found = " ".join(p.text for p in pages).split()
     matcher = difflib.SequenceMatcher(a=expected, b=found, autojunk=False)
     return sum(block.size for block in matcher.get_matching_blocks()) / len(expected)
-
-
-def machine_cpu_s() -> float:
-    """CPU seconds the whole machine has spent busy since boot (all processes; /proc/stat)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(workdir: Path) -> dict:

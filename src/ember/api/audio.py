@@ -111,7 +111,7 @@ async def _events(runtime, body: TranscribeRequest, upload: UploadFile, form: Fo
                 yield waiting.result()
             else:
                 waiting.cancel()
-        await asyncio.sleep(0)  # the last call_soon_threadsafe lands before the queue is drained
+        # The engine's thread queued its last put before its result, on the same loop: all are in the queue now.
         while not heard.empty():
             yield heard.get_nowait()
         yield work.result()

@@ -159,6 +159,16 @@ def rate(streams: list[Stream], start: float, end: float) -> float:
     return sum(1 for s in streams for t in s.token_times if start <= t < end) / max(end - start, 1e-9)
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all processes; /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 # -- rounds: peers in turns, figures as min / median / max ---------------------------------------------------------
 
 def in_turns(rounds: int, runners: dict[str, Callable[[], T]],

@@ -23,6 +23,7 @@ from ember.cli.progress import run_job
 from ember.config import Settings
 from ember.core.errors import EmberError, disk_error
 from ember.core.humanize import size as _human
+from ember.engines.tesseract import DEFAULT_LANGUAGES
 from ember.runtime.jobs import Job
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run, serve and manage local language models.")
@@ -107,7 +108,7 @@ def transcribe(
 @app.command(no_args_is_help=True)
 def ocr(
     files: list[Path] = typer.Argument(..., help="images (PNG, JPEG, TIFF, WebP…) and PDFs"),
-    lang: str = typer.Option("eng+rus", "--lang", help="Tesseract languages, in order of preference"),
+    lang: str = typer.Option(DEFAULT_LANGUAGES, "--lang", help="Tesseract languages, in order of preference"),
     output_format: str = typer.Option("text", "--format", "-f", help="text, json (lines, boxes, confidence) or hocr"),
     workers: int | None = typer.Option(None, "--workers", help="pages read at once (default: one per core)"),
 ):

@@ -18,7 +18,7 @@ from ember.core.options import resolve
 from ember.core.types import Segment, TranscribeRequest, Transcript
 from ember.engines.base import LoadSpec, Role, Transcriber
 from ember.runtime.scheduler import Scheduler
-from ember.store.store import Model, ModelStore
+from ember.store.store import Model, ModelStore, model_folder
 
 ENGLISH_MODEL = "whisper:tiny.en"
 MULTILINGUAL_MODEL = "whisper:base"
@@ -53,7 +53,7 @@ async def transcribe(scheduler: Scheduler, store: ModelStore, settings: Settings
     name = model_for(request)
     model = await asyncio.to_thread(_speech_model, store, name)
     options = resolve(model.params, request.options, None)
-    spec = LoadSpec(model_path=await asyncio.to_thread(store.folder, model), role=Role.TRANSCRIBE,
+    spec = LoadSpec(model_path=await asyncio.to_thread(model_folder, model), role=Role.TRANSCRIBE,
                     num_ctx=448, num_thread=options.num_thread)
     async with scheduler.admitted(), scheduler.using(model, spec, request.keep_alive) as lease:
         engine = lease.engine

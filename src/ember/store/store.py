@@ -103,15 +103,16 @@ def describe(model: Model) -> dict[str, Any]:
     depend on the engines, see `ember.engines.registry`)."""
     parameters = "\n".join(f"{k} {json.dumps(v) if isinstance(v, str) else v}" for k, vs in model.params.items()
                            for v in (vs if isinstance(vs, list) else [vs]))
+    summary = details(model)
     if model.is_speech:
-        model_info = {"general.architecture": "whisper", "general.file_type": details(model)["quantization_level"],
+        model_info = {"general.architecture": "whisper", "general.file_type": summary["quantization_level"],
                       "general.files": sorted(["model.bin", *model.files])}
     else:
         model_info = {**model.info.model_info, "general.parameter_count": model.info.parameter_count}
     return {
         "modelfile": render_modelfile(model), "parameters": parameters,
         "template": (None if model.is_speech else model.chat_template) or "", "system": model.system or "",
-        "license": model.license or "", "details": details(model),
+        "license": model.license or "", "details": summary,
         "model_info": model_info,
         "modified_at": model.modified_at.isoformat().replace("+00:00", "Z"),
     }
@@ -201,11 +202,6 @@ class ModelStore:
             return blob(layers[0]).read_text(encoding="utf-8") if layers else None
 
         try:
-            config = json.loads(self.blobs.path(manifest.config["digest"]).read_bytes())
-            model_format = config.get("model_format", "gguf") if isinstance(config, dict) else "gguf"
-        except (OSError, ValueError):
-            model_format = "gguf"  # the config only describes; the model layer is what gets loaded
-        try:
             params = json.loads(text("params") or "{}")
             messages = [Message(m["role"], m["content"]) for m in json.loads(text("messages") or "[]")]
             if not isinstance(params, dict):
@@ -220,7 +216,8 @@ class ModelStore:
             params=params, template=texts["template"], system=texts["system"], license=texts["license"],
             messages=messages, size=sum(layer["size"] for layer in manifest.layers),
             modified_at=datetime.fromtimestamp(manifest.mtime, UTC),
-            layers=manifest.layers, format=model_format,
+            # Only a folder model has files beside its weights (config.json at least): no need to read the config.
+            layers=manifest.layers, format="ctranslate2" if by_kind.get("file") else "gguf",
             files={_file_title(layer): blob(layer) for layer in by_kind.get("file", [])},
         )
 
@@ -323,9 +320,6 @@ class ModelStore:
                 layer = self._file_layer(str(folder / name), "file", report)
                 layers.append({**layer, "annotations": {FILE_TITLE: name}})
         return layers
-
-    def folder(self, model: Model) -> Path:
-        return model_folder(model)
 
     def _check_gguf(self, source: str, adapter: bool) -> None:
         what = "ADAPTER" if adapter else "FROM"
