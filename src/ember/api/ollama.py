@@ -132,6 +132,9 @@ class CreateBody(NameBody):
     parameters: dict[str, Any] | None = None
     messages: list[ChatMessage] | None = None
     quantize: str | None = None
+    # ember's own, with quantize: measure what it cost (False: faster, no report); quantize a quantized model
+    report: bool = True
+    allow_requantize: bool = False
     stream: bool = True
 
 
@@ -359,8 +362,7 @@ async def pull(body: PullBody, request: Request):
 async def create(body: CreateBody, request: Request):
     name, store = body.target, common.store(request)
     if body.quantize:
-        raise BadRequest("quantize is not supported by /api/create yet: create the model without it; ember's "
-                         "quantization arrives with its own command")
+        return await _create_quantized(body, request)
     if body.modelfile is not None:
         text = body.modelfile
         job = Job("create", f"create {name}",
@@ -369,6 +371,21 @@ async def create(body: CreateBody, request: Request):
         spec = _create_spec(body)
         job = Job("create", f"create {name}", lambda report: store.create(name, spec, report))
     return await job_response(request, job, _progress, body.stream)
+
+
+async def _create_quantized(body: CreateBody, request: Request):
+    """As Ollama: the FROM model's weights quantized, streamed as "quantizing F16 model to Q4_K_M", …; ember adds a
+    quality report (perplexity, KL divergence, top-token agreement on held-out text) as the status before success."""
+    from ember.quantize.create import QuantizeJob, run
+    from ember.store.modelfile import parse_modelfile
+
+    name, store = body.target, common.store(request)
+    spec = parse_modelfile(body.modelfile, Path.cwd()) if body.modelfile is not None else _create_spec(body)
+    job = QuantizeJob(name=name, spec=spec, type=body.quantize, report=body.report,
+                      allow_requantize=body.allow_requantize,
+                      reports_dir=common.runtime(request).settings.home / "quantize")
+    work = Job("create", f"create {name} ({body.quantize})", lambda report: run(store, job, report))
+    return await job_response(request, work, _progress, body.stream)
 
 
 def _create_spec(body: CreateBody) -> CreateSpec:

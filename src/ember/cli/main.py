@@ -16,6 +16,7 @@ from ember.cli import chat as chat_cli
 from ember.cli import doctor as doctor_cli
 from ember.cli import evaluate as eval_cli
 from ember.cli import keys as keys_cli
+from ember.cli import quantize as quantize_cli
 from ember.cli import rag as rag_cli
 from ember.cli import train as train_cli
 from ember.cli.client import HttpClient, server_running
@@ -220,11 +221,19 @@ def pull(model: str, quiet: bool = typer.Option(False, "--quiet", help="no progr
 
 
 @app.command()
-def create(model: str, file: Path = typer.Option(Path("Modelfile"), "-f", "--file", help="the Modelfile")):
+def create(model: str, file: Path = typer.Option(Path("Modelfile"), "-f", "--file", help="the Modelfile"),
+           quantize: str | None = typer.Option(None, "--quantize", "-q",
+                                               help="quantize FROM's weights, e.g. q4_K_M (as `ember quantize`)"),
+           no_report: bool = typer.Option(False, "--no-report", help="with --quantize: skip the quality report")):
     """Create a model from a Modelfile."""
     if not file.is_file():
         raise EmberError(f"no Modelfile at {file}; pass one with -f PATH")
     store, text, folder = _store(), file.read_text(encoding="utf-8"), file.resolve().parent
+    if quantize:
+        from ember.store.modelfile import parse_modelfile
+
+        quantize_cli.run_quantize(model, parse_modelfile(text, folder), quantize, report=not no_report)
+        return
     run_job(Job("create", f"create {model}", lambda report: store.create_from_modelfile(model, text, folder, report)),
             err)
 
@@ -278,9 +287,40 @@ def bench_serve(
     run(ServeBench(quick=quick, out=out, threads=threads, rounds=rounds, llama_server=llama_server))
 
 
+@bench_app.command("quant", no_args_is_help=True)
+def bench_quant(
+    model: str = typer.Argument(..., help="a model in the store"),
+    types: str | None = typer.Option(None, "--types", help="comma-separated, e.g. q8_0,q4_K_M (default: F16, Q8_0, "
+                                     "Q6_K, Q5_K_M, Q4_K_M, Q4_0, Q3_K_M, Q2_K)"),
+    data: list[Path] | None = typer.Option(None, "--data", help="held-out UTF-8 text (repeat for more; default: "
+                                           "ember's English and Russian samples)"),
+    ctx: int = typer.Option(256, "--ctx", help="tokens per chunk; the second half of each is scored"),
+    chunks: int = typer.Option(4, "--chunks", help="chunks of each text (0: all)"),
+    rounds: int = typer.Option(2, "--rounds", min=1, help="rounds of the speed measurements (best kept)"),
+    out: Path = typer.Option(Path("bench/results"), "--out", help="where the JSON and the PNG go"),
+    threads: int | None = typer.Option(None, "--threads", help="default: one per core"),
+):
+    """Every quantization of MODEL side by side: size, load time, speed, memory, perplexity and KL divergence."""
+    from ember.bench.quant import QuantBenchConfig, table
+    from ember.bench.quant import run as run_bench
+
+    texts = {p.name: quantize_cli.read_text(p, "--data") for p in data} if data else None
+    config = QuantBenchConfig(model=model, out=out, texts=texts, ctx=ctx, chunks=chunks or None, rounds=rounds,
+                              threads=threads)
+    if types:
+        config.types = [t for t in types.split(",") if t.strip()]
+    result = run_bench(config, err)
+    out_console = Console() if sys.stdout.isatty() else Console(width=150)  # a file gets the whole table
+    out_console.print(table(result))
+    out_console.print(result["recommendation"], soft_wrap=True, highlight=False)
+    err.print(f"{result['note']}; perplexity on {', '.join(result['texts'])} in chunks of {result['ctx']}; "
+              f"ONNX Runtime INT8 and OpenVINO are not measured. Wrote {' and '.join(result['files'])}")
+
+
 # Defined beside the code they drive, with their options mapped straight onto the training config.
 app.command(no_args_is_help=True)(train_cli.train)
 app.command(no_args_is_help=True)(train_cli.sample)
+app.command(no_args_is_help=True)(quantize_cli.quantize)
 
 
 @app.command()

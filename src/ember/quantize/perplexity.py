@@ -8,7 +8,8 @@ scored tokens; the uncertainty is that of the mean, carried through exp, as llam
 """
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,46 +36,88 @@ class Perplexity:
         return self.ppl * self.nll_stderr
 
 
-def scored_logprobs(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """log p(target) under each row of logits, in float64 (a float32 log-sum-exp loses digits over 50k tokens)."""
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Each row's log-probabilities, in float64 (a float32 log-sum-exp loses digits over 50k tokens)."""
     rows = logits.astype(np.float64)
     top = rows.max(axis=1, keepdims=True)
-    log_norm = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
-    return rows[np.arange(len(targets)), targets] - log_norm
+    rows -= top
+    rows -= np.log(np.exp(rows).sum(axis=1, keepdims=True))
+    return rows
+
+
+def scored_logprobs(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """log p(target) under each row of logits."""
+    return log_softmax(logits)[np.arange(len(targets)), targets]
+
+
+def open_model(model_path: Path, ctx: int, threads: int | None = None):
+    """A llama.cpp model that keeps the logits of every position of a chunk of `ctx` tokens."""
+    import llama_cpp
+
+    if ctx < 8 or ctx % 2:
+        raise BadRequest(f"--ctx {ctx}: give an even number of tokens, at least 8 (llama.cpp's default is 512)")
+    return llama_cpp.Llama(str(model_path), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
+                           n_threads=threads, verbose=False)
+
+
+def tokenize(llm, text: str, ctx: int, what: str = "the text") -> list[int]:
+    """The whole text's tokens (with BOS), refused when it holds less than one chunk."""
+    tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+    if len(tokens) < ctx:
+        raise BadRequest(f"{what} is {len(tokens)} tokens, less than one chunk of --ctx {ctx}: give more text or a "
+                         "smaller --ctx")
+    return tokens
+
+
+@dataclass
+class ChunkScores:
+    logits: np.ndarray  # (ctx/2 - 1, vocab) float32, a view into the model's buffer, valid until its next eval
+    targets: np.ndarray  # (ctx/2 - 1,) the token that follows each scored position
+    seconds: float  # how long the model took to read the chunk
+
+
+def scored_chunks(llms: Sequence, tokens: list[int], ctx: int) -> Iterator[list[ChunkScores]]:
+    """The chunking every measure here shares: for each chunk, what each model in `llms` predicts over its second
+    half. The models read each chunk one after the other, so that a drift in the machine's speed touches them alike,
+    and only one chunk's logits per model are ever held (a 262k vocabulary makes all chunks' too many)."""
+    import llama_cpp
+
+    chunks = len(tokens) // ctx
+    first = ctx // 2
+    add_bos = bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(llms[0].model)))
+    for i in range(chunks):
+        chunk = tokens[i * ctx:(i + 1) * ctx]
+        if add_bos:
+            chunk[0] = llms[0].token_bos()
+        targets = np.asarray(chunk[first + 1:ctx])
+        out = []
+        for llm in llms:
+            llm.reset()
+            started = time.perf_counter()
+            llm.eval(chunk)
+            out.append(ChunkScores(np.asarray(llm.scores[first:ctx - 1]), targets, time.perf_counter() - started))
+        yield out
+
+
+def summarize(nll: np.ndarray, ctx: int, chunks: int, running: list[float] | None = None) -> Perplexity:
+    stderr = float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else 0.0
+    return Perplexity(ctx, chunks, len(nll), float(nll.mean()), stderr, running or [])
 
 
 def perplexity(model_path: Path, text: str, *, ctx: int = 512, threads: int | None = None,
                progress: Callable[[int, int, float], None] | None = None) -> Perplexity:
     """`progress(chunk, chunks, running perplexity)` after each chunk."""
-    import llama_cpp
-
-    if ctx < 8 or ctx % 2:
-        raise BadRequest(f"--ctx {ctx}: give an even number of tokens, at least 8 (llama.cpp's default is 512)")
-    llm = llama_cpp.Llama(str(model_path), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
-                          n_threads=threads, verbose=False)
+    llm = open_model(model_path, ctx, threads)
     try:
-        add_bos = bool(llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(llm.model)))
-        tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        tokens = tokenize(llm, text, ctx)
         chunks = len(tokens) // ctx
-        if chunks == 0:
-            raise BadRequest(f"the text is {len(tokens)} tokens, less than one chunk of --ctx {ctx}: give more "
-                             "text or a smaller --ctx")
-        first = ctx // 2
         scores: list[np.ndarray] = []
         running: list[float] = []
-        for i in range(chunks):
-            chunk = tokens[i * ctx:(i + 1) * ctx]
-            if add_bos:
-                chunk[0] = llm.token_bos()
-            llm.reset()
-            llm.eval(chunk)
-            logits = np.asarray(llm.scores[first:ctx - 1])
-            scores.append(-scored_logprobs(logits, np.asarray(chunk[first + 1:ctx])))
+        for i, (scored,) in enumerate(scored_chunks([llm], tokens, ctx)):
+            scores.append(-scored_logprobs(scored.logits, scored.targets))
             running.append(math.exp(float(np.concatenate(scores).mean())))
             if progress:
                 progress(i + 1, chunks, running[-1])
     finally:
         llm.close()
-    nll = np.concatenate(scores)
-    stderr = float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else 0.0
-    return Perplexity(ctx, chunks, len(nll), float(nll.mean()), stderr, running)
+    return summarize(np.concatenate(scores), ctx, chunks, running)

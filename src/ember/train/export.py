@@ -3,7 +3,6 @@
 The PyTorch model already uses llama.cpp's interleaved rotary layout, so tensors are only renamed, never permuted.
 """
 
-import ctypes
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +59,7 @@ def gguf_writer(path: Path, arch: str) -> Iterator["gguf.GGUFWriter"]:
         w.close()
         os.replace(tmp, path)
     finally:
+        w.close()  # also when a tensor fails or a cancel stops the writing half-way: no open handle on a gone file
         tmp.unlink(missing_ok=True)
 
 
@@ -100,22 +100,12 @@ def write_gguf(model, tok: Tokenizer, path: Path, *, chat: bool, name: str = "em
 
 
 def quantize(src: Path, dst: Path, kind: str) -> Path:
-    """llama.cpp's own quantizer; a partial output is removed whatever happens."""
-    import llama_cpp
+    """llama.cpp's own quantizer (ember.quantize's, shared with `ember quantize`); nothing partial is ever left."""
+    from ember.quantize.quantizer import quantize_file
 
     if kind not in QUANTS:
         raise BadRequest(f"unknown quantization {kind!r} (known: {', '.join(FORMATS)})")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind.upper()}")
-    params.nthread = len(os.sched_getaffinity(0))
-    tmp = dst.parent / f"{TMP_PREFIX}{dst.name}"
-    try:
-        if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
-            raise BadRequest(f"llama.cpp could not quantize {src.name} to {kind}; try f16 or q8_0")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
+    return quantize_file(src, dst, kind)
 
 
 def export(ckpt_dir: Path, out: Path, fmt: str = "f16") -> Path:
