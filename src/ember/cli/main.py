@@ -13,6 +13,7 @@ from typer.exceptions import TyperException
 from ember import __version__
 from ember.cli import backup as backup_cli
 from ember.cli import chat as chat_cli
+from ember.cli import convert as convert_cli
 from ember.cli import doctor as doctor_cli
 from ember.cli import evaluate as eval_cli
 from ember.cli import keys as keys_cli
@@ -321,6 +322,7 @@ def bench_quant(
 app.command(no_args_is_help=True)(train_cli.train)
 app.command(no_args_is_help=True)(train_cli.sample)
 app.command(no_args_is_help=True)(quantize_cli.quantize)
+app.command(no_args_is_help=True)(convert_cli.convert)
 
 
 @app.command()
