@@ -15,8 +15,8 @@ from ember.core.errors import BadRequest
 from ember.train import data as D
 from ember.train.model import Llama, ModelConfig
 from ember.train.tokenizer import Tokenizer
-from ember.train.trainer import CKPT, TrainConfig, lr_at, train
-from tests.train.helpers import TINY, ember
+from ember.train.trainer import CKPT, LADDER, TrainConfig, describe, lr_at, settle, train
+from tests.train.helpers import ember
 
 SMALL = dict(tokenizer="char", layers=1, dim=32, heads=2, kv_heads=1, ctx=32, batch_size=4, warmup=2)
 
@@ -48,6 +48,85 @@ def test_schedule_warms_up_then_decays():
     assert lr_at(cfg, 9, 0.01) == pytest.approx(1e-3, rel=1e-3)
     assert lr_at(cfg, 500, 0.5) == pytest.approx(5.5e-4)
     assert lr_at(cfg, 1000, 1.0) == pytest.approx(1e-4)
+
+
+def test_warmup_is_a_share_of_the_run_when_not_given():
+    timed = TrainConfig(data=[], out_dir="", lr=1e-3, time_s=60)  # warmup None: the first tenth of the time
+    assert lr_at(timed, 0, 0.0) < 1e-4
+    assert lr_at(timed, 7, 0.05) == pytest.approx(5e-4)
+    assert lr_at(timed, 30, 0.11) == pytest.approx(1e-3, rel=0.03)
+    counted = TrainConfig(data=[], out_dir="", lr=1e-3, steps=2000)  # of the steps: 200 of 2000, reproducibly
+    assert lr_at(counted, 99, 99 / 2000) == pytest.approx(5e-4)
+    assert lr_at(counted, 198, 198 / 2000) == pytest.approx(0.995e-3)
+    assert lr_at(counted, 199, 199 / 2000) == pytest.approx(1e-3, rel=0.03)
+
+
+def speeds(rates: dict):
+    """A fake `measure` for settle: tokens per second by (layers, dim), and the shapes it was asked to time."""
+    asked = []
+
+    def measure(c):
+        asked.append((c.layers, c.dim))
+        return rates[(c.layers, c.dim)]
+    return measure, asked
+
+
+RATES = {(2, 64): 20000, (4, 128): 9000, (5, 160): 7500, (6, 192): 5500, (8, 256): 3000, (8, 384): 1500, (12, 512): 500}
+
+
+@pytest.mark.parametrize("seconds, shape", [(20, (2, 64)), (40, (4, 128)), (82, (4, 128)), (300, (5, 160)),
+                                            (900, (6, 192))])
+def test_a_time_budget_picks_the_shape_it_can_train(seconds, shape):
+    measure, asked = speeds(RATES)
+    cfg, chosen = settle(TrainConfig(data=[], out_dir="", time_s=seconds), 65, 1_000_000, measure=measure)
+    assert (cfg.layers, cfg.dim) == shape and cfg.heads == cfg.dim // 32
+    rung = next(r for r in LADDER if (r.layers, r.dim) == shape)
+    assert (cfg.ctx, cfg.batch_size, cfg.lr, cfg.warmup) == (rung.ctx, rung.batch, rung.lr, None)
+    assert chosen["layers"] == shape[0] and chosen["warmup"] == "10%" and chosen["parameters"] > 0
+    # Rungs are timed from the bottom up to one past the answer at most, and none when the budget is short.
+    timed = [(r.layers, r.dim) for r in LADDER if (r.layers, r.dim) in asked]
+    assert timed == asked and len(timed) <= [(r.layers, r.dim) for r in LADDER].index(shape) + 2
+    assert seconds >= 30 or not asked
+    # 1.0 M training characters hold at most a 3 M-parameter model, however long the budget.
+    assert (8, 256) not in asked
+
+
+def test_a_huge_budget_on_huge_data_climbs_higher():
+    measure, _ = speeds(RATES)
+    cfg, _ = settle(TrainConfig(data=[], out_dir="", time_s=3600), 65, 10**9, measure=measure)
+    assert (cfg.layers, cfg.dim) == (8, 256)
+
+
+def test_steps_alone_pick_by_the_tokens_they_process_without_timing():
+    def never(c):
+        raise AssertionError("a --steps run is chosen from its step count, not from the clock")
+    short, _ = settle(TrainConfig(data=[], out_dir="", steps=50), 65, 1_000_000, measure=never)
+    long, chosen = settle(TrainConfig(data=[], out_dir="", steps=2000), 65, 1_000_000, measure=never)
+    small_data, _ = settle(TrainConfig(data=[], out_dir="", steps=2000), 65, 36_000, measure=never)
+    assert (short.layers, short.dim) == (2, 64)
+    assert (long.layers, long.dim) == (6, 192) and chosen["budget_tokens"] == 2000 * 32 * 128
+    assert (small_data.layers, small_data.dim) == (2, 64)
+
+
+def test_what_the_user_sets_wins():
+    def measure(c):
+        return 10_000  # 9 M tokens in 15 minutes: enough for the 8-layer rungs, not the 12
+
+    cfg, chosen = settle(TrainConfig(data=[], out_dir="", time_s=900, dim=96, batch_size=8, lr=1e-3, warmup=7,
+                                     ctx=200), 65, 1_000_000, measure=measure)
+    assert (cfg.dim, cfg.batch_size, cfg.lr, cfg.warmup, cfg.ctx) == (96, 8, 1e-3, 7, 200)
+    assert cfg.heads == 3 and cfg.layers == 8  # the rest still follows the budget
+    named, _ = settle(TrainConfig(data=[], out_dir="", steps=50, size="tiny"), 65, 1_000_000)
+    assert (named.model_config(65).n_layer, named.model_config(65).dim, named.batch_size) == (4, 128, 32)
+    line = describe(cfg, chosen, 1_100_000)
+    assert line.startswith("--time 15m on 1.1 M tokens: 8 layers × 96 dims (") and "batch 8 × 200" in line
+    assert "peak lr 1e-3, warmup 7 steps" in line
+
+
+def test_model_config_counts_parameters_as_the_model_does():
+    for shape in [dict(n_layer=2, dim=64, n_head=2, n_kv_head=2), dict(n_layer=3, dim=96, n_head=6, n_kv_head=2)]:
+        mcfg = ModelConfig(vocab_size=70, ctx=32, **shape)
+        assert mcfg.num_params() == Llama(mcfg).num_params()
 
 
 def test_grouped_query_attention_shares_kv_heads():
@@ -143,14 +222,23 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_run(tmp_pa
     assert not list(out.glob(".tmp-*"))
 
 
-def test_the_bundled_corpus_trains_by_name(tmp_path):
-    """--data tinyshakespeare needs no file: the corpus ships inside the package, and a run keeps its path."""
+def test_the_bundled_corpus_trains_by_name_with_settings_chosen_for_the_budget(tmp_path):
+    """--data tinyshakespeare needs no file: the corpus ships inside the package, and a run keeps its path. With
+    only --time, the run says what it chose and why, logs it, and leaves its warmup long before the end."""
     corpus = D.data_path("tinyshakespeare")
     assert corpus.is_relative_to(Path(D.__file__).parent)  # package data, nothing outside the installed package
     assert D.read_documents(["tinyshakespeare"])[0].startswith("First Citizen:\nBefore we proceed any further")
     out = tmp_path / "run"
-    ember("train", "--data", "tinyshakespeare", "--out", str(out), "--tokenizer", "char", "--time", "3s", *TINY,
-          home=tmp_path / "home")
+    proc = ember("train", "--data", "tinyshakespeare", "--out", str(out), "--tokenizer", "char", "--time", "4s",
+                 home=tmp_path / "home")
     log = json.loads((out / "log.json").read_text())
-    assert log["train_config"]["data"] == [str(corpus)] and log["train_config"]["time_s"] == 3
+    assert log["train_config"]["data"] == [str(corpus)] and log["train_config"]["time_s"] == 4
     assert log["steps"] > 0 and log["evals"]
+    # Four seconds buy the bottom rung; its settings are printed first and kept in log.json.
+    summary = log["chosen"]["summary"]
+    assert summary.startswith("--time 4s on 1.1 M characters: 2 layers × 64 dims (") and "warmup 10%" in summary
+    assert summary in " ".join(proc.stderr.split())  # printed (rich may wrap the line)
+    assert log["model_config"]["n_layer"] == log["chosen"]["layers"] == 2
+    lrs = [h[3] for h in log["history"]]
+    peak = log["chosen"]["lr"]
+    assert max(lrs) > 0.9 * peak and lrs[-1] < max(lrs)  # warmed up, then decayed

@@ -38,7 +38,8 @@ def train(
                                    "corpus by name (tinyshakespeare); repeat for more"),
     name: str | None = typer.Option(None, "--name", help="the model's name in the store when training ends"),
     out: Path | None = typer.Option(None, "--out", help="checkpoint folder (default: $EMBER_HOME/train/NAME)"),
-    size: str = typer.Option("tiny", "--size", help="tiny (~1 M), small (~10 M) or base (~50 M parameters)"),
+    size: str | None = typer.Option(None, "--size", help="tiny (~1 M), small (~10 M) or base (~50 M parameters); "
+                                    "default: the shape the budget and the data can train best"),
     layers: int | None = typer.Option(None, "--layers"),
     dim: int | None = typer.Option(None, "--dim"),
     heads: int | None = typer.Option(None, "--heads"),
@@ -46,9 +47,10 @@ def train(
     ctx: int | None = typer.Option(None, "--ctx", help="context length in tokens"),
     time: str | None = typer.Option(None, "--time", help="time budget, e.g. 10m"),
     steps: int = typer.Option(0, "--steps", help="optimizer steps (a fixed seed then gives the same run)"),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="windows per step (default: with the shape)"),
     grad_accum: int = typer.Option(1, "--grad-accum", help="micro-batches per step"),
-    lr: float = typer.Option(0.0, "--lr", help="peak learning rate (default: by size)"),
+    lr: float = typer.Option(0.0, "--lr", help="peak learning rate (default: with the shape)"),
+    warmup: int | None = typer.Option(None, "--warmup", help="warmup steps (default: the first 10% of the run)"),
     seed: int = typer.Option(1337, "--seed"),
     device: str = typer.Option("auto", "--device", help="cpu or cuda (default: cuda when present)"),
     tokenizer: str = typer.Option("bpe", "--tokenizer", help="bpe (learned from the data) or char"),
@@ -76,8 +78,8 @@ def train(
     cfg = TrainConfig(data=[str(data_path(d)) for d in data], out_dir=str(folder), size=size, layers=layers, dim=dim,
                       heads=heads, kv_heads=kv_heads, ctx=ctx, steps=steps,
                       time_s=parse_duration(time, "--time") if time else 0.0, batch_size=batch_size,
-                      grad_accum=grad_accum, lr=lr, seed=seed, device=device, tokenizer=tokenizer, vocab=vocab,
-                      chat=chat, eval_every=eval_every)
+                      grad_accum=grad_accum, lr=lr, warmup=warmup, seed=seed, device=device, tokenizer=tokenizer,
+                      vocab=vocab, chat=chat, eval_every=eval_every)
     master = int(os.environ.get("RANK", "0")) == 0
     try:
         run_training(cfg, resume=resume, console=err)

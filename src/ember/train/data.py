@@ -1,9 +1,11 @@
 """Training text: read files and folders, turn them into one token stream, split it, and draw batches."""
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,15 +53,20 @@ def render_chat(messages: list[dict]) -> str:
     return render(CHATML, messages, add_generation_prompt=False)
 
 
-def _jsonl_documents(path: Path, chat: bool) -> list[str]:
-    docs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+def jsonl_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line of a .jsonl file's text; a bad line is named."""
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield n, json.loads(line)
         except json.JSONDecodeError as e:
             raise BadRequest(f"{path} line {n}: not JSON ({e.msg})") from None
+
+
+def _jsonl_documents(path: Path, chat: bool) -> list[str]:
+    docs = []
+    for n, record in jsonl_records(path, path.read_text(encoding="utf-8")):
         messages = record.get("messages") if isinstance(record, dict) else None
         if isinstance(messages, list) and all(isinstance(m, dict) and {"role", "content"} <= m.keys()
                                                for m in messages):

@@ -39,6 +39,13 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.dim // self.n_head
 
+    def num_params(self) -> int:
+        """What Llama(self).num_params() counts, without building it: the embedding (tied), per layer the four
+        attention matrices, the three feed-forward ones and two norms, and the final norm."""
+        q, kv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        layer = 2 * self.dim * q + 2 * self.dim * kv + 3 * self.dim * self.ffn_dim + 2 * self.dim
+        return self.vocab_size * self.dim + self.n_layer * layer + self.dim
+
     def to_dict(self) -> dict:
         return asdict(self)
 
