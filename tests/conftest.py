@@ -15,7 +15,7 @@ from tests.fakes import FakeClock, FakeEngines
 from tests.helpers import Server, settings, write_gguf
 
 # What needs the real bundled model, a real server or a training run: these folders, and tests using these fixtures.
-INTEGRATION_FOLDERS = ("api", "cli", "train", "quantize")
+INTEGRATION_FOLDERS = ("api", "cli", "train", "quantize", "tune")
 INTEGRATION_FIXTURES = {"ember_home", "server", "make_server", "api", "pulled", "embedder", "collections"}
 
 

@@ -20,6 +20,7 @@ from ember.cli import keys as keys_cli
 from ember.cli import quantize as quantize_cli
 from ember.cli import rag as rag_cli
 from ember.cli import train as train_cli
+from ember.cli import tune as tune_cli
 from ember.cli.client import HttpClient, server_running
 from ember.cli.progress import run_job
 from ember.config import Settings
@@ -321,6 +322,7 @@ def bench_quant(
 # Defined beside the code they drive, with their options mapped straight onto the training config.
 app.command(no_args_is_help=True)(train_cli.train)
 app.command(no_args_is_help=True)(train_cli.sample)
+app.command(no_args_is_help=True)(tune_cli.tune)
 app.command(no_args_is_help=True)(quantize_cli.quantize)
 app.command(no_args_is_help=True)(convert_cli.convert)
 
