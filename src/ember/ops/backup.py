@@ -57,6 +57,7 @@ from ember.core.errors import BadRequest, EmberError
 from ember.fsutil import TMP_PREFIX, commit, fsync_dir, make_dirs, open_temp, remove_partials
 from ember.runtime.jobs import Cancelled
 from ember.store.manifests import layer_kind
+from ember.store.store import silent
 
 log = logging.getLogger("ember.backup")
 
@@ -77,10 +78,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ARCHIVE_NAME = re.compile(r"ember-backup-.*\.tar(\.gz|\.xz|\.bz2)?")
 
 Report = Callable[..., None]  # a job's Reporter: report(status, completed=, total=, item=); may raise Cancelled
-
-
-def _silent(status: str, **_: Any) -> None:
-    pass
 
 
 @dataclass
@@ -389,7 +386,7 @@ def _archive_name(folder: Path, created: datetime, with_models: bool, automatic:
 
 
 def backup(settings: Settings, *, to: Path | None = None, with_models: bool = False, automatic: bool = False,
-           report: Report = _silent, created: datetime | None = None) -> BackupResult:
+           report: Report = silent, created: datetime | None = None) -> BackupResult:
     """Write one archive into `to` (default: the backups folder). A cancel (Cancelled from `report`) or an error
     leaves no archive and no temp file."""
     if not settings.home.is_dir() and not settings.models.is_dir():
@@ -782,7 +779,7 @@ def _missing_weights(models_root: Path, names: list[str]) -> list[str]:
     return missing
 
 
-def restore(settings: Settings, archive: Path, report: Report = _silent) -> RestoreResult:
+def restore(settings: Settings, archive: Path, report: Report = silent) -> RestoreResult:
     """Verify the whole archive, then replace EMBER_HOME's content (but backups/) and the model store's with it.
 
     A backup without weights keeps the store's current blobs. Refused archives change nothing on disk. The caller

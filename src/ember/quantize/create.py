@@ -23,7 +23,7 @@ from ember.store.blobs import normalize_digest
 from ember.store.gguf_info import GGUFInfo, read_gguf_info
 from ember.store.modelfile import CreateSpec
 from ember.store.names import parse_name
-from ember.store.store import Model, ModelStore, Report, _silent
+from ember.store.store import Model, ModelStore, Report, silent
 
 IMATRIX_CTX = 512  # llama-imatrix's default chunk
 MIN_IMATRIX_CTX = 64
@@ -170,7 +170,7 @@ class Result:
     report_path: Path | None = None
 
 
-def run(store: ModelStore, job: QuantizeJob, report: Report = _silent) -> Result:
+def run(store: ModelStore, job: QuantizeJob, report: Report = silent) -> Result:
     """Quantize, measure, store."""
     from ember.quantize.imatrix import compute_imatrix
 

@@ -50,7 +50,7 @@ class Report(Protocol):
                  item: str | None = None) -> None: ...
 
 
-def _silent(status: str, **_: Any) -> None:
+def silent(status: str, **_: Any) -> None:
     pass
 
 
@@ -277,7 +277,7 @@ class ModelStore:
                                       "model_families": ["whisper"]}), None)
         self._set_manifest(name, manifests.build(config, layers))
 
-    def _layer(self, data: bytes, kind: str | None, report: Report = _silent) -> dict[str, Any]:
+    def _layer(self, data: bytes, kind: str | None, report: Report = silent) -> dict[str, Any]:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         report(f"{'using existing' if self.blobs.has(digest) else 'creating new'} layer {digest}")
         self.blobs.write_chunks([data], digest)
@@ -348,7 +348,7 @@ class ModelStore:
             return None
         return self.get(source)
 
-    def create(self, raw_name: str, spec: CreateSpec, report: Report = _silent) -> Model:
+    def create(self, raw_name: str, spec: CreateSpec, report: Report = silent) -> Model:
         """Everything is checked before the first progress report, so that an API caller can still answer 4xx."""
         name = parse_name(raw_name)
         if not isinstance(spec.from_, str) or not spec.from_.strip():
@@ -406,7 +406,7 @@ class ModelStore:
         report("success")
         return self.get(str(name))
 
-    def create_from_modelfile(self, raw_name: str, text: str, base_dir: Path, report: Report = _silent) -> Model:
+    def create_from_modelfile(self, raw_name: str, text: str, base_dir: Path, report: Report = silent) -> Model:
         parse_name(raw_name)
         spec = parse_modelfile(text, base_dir)
         started = False
@@ -465,7 +465,7 @@ class ModelStore:
         self.pull(raw)
         return True
 
-    def pull(self, raw: str, report: Report = _silent) -> Model:
+    def pull(self, raw: str, report: Report = silent) -> Model:
         name = parse_name(raw)
         entry = bundled.find(name)
         if entry is None:

@@ -26,13 +26,13 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ember.core.errors import BadRequest
 from ember.fsutil import TMP_PREFIX
-from ember.train.export import gguf_writer
+from ember.store.store import silent
+from ember.train.export import add_llama_shape, gguf_writer
 
 # config.json's architectures[0] → what it is converted as. Mistral and Qwen2 are a Llama's tensors under another
 # name (Qwen2 with q/k/v biases, which llama.cpp's llama graph takes), so they become llama-architecture GGUFs.
@@ -53,9 +53,6 @@ PRE_TOKENIZERS = {
     (("digits",), ("split", GPT2_SPLIT)): "smollm",  # SmolLM, SmolLM2, StarCoder: each digit alone, then GPT-2's
 }
 
-
-def _silent(status: str, **_: Any) -> None:
-    pass
 
 
 @dataclass
@@ -432,7 +429,7 @@ def _plan_tensors(src: Path, weights: _Weights, hp: _Hparams, tied: bool) -> lis
 
 
 def llama_to_gguf(src: Path, dst: Path, *, name: str, ftype: str = "f16",
-                  report: Callable[..., None] = _silent) -> Converted:
+                  report: Callable[..., None] = silent) -> Converted:
     """Convert the Llama-family decoder in `src` to a GGUF at `dst` in f32, f16 or bf16 (atomically)."""
     import gguf
 
@@ -454,19 +451,9 @@ def llama_to_gguf(src: Path, dst: Path, *, name: str, ftype: str = "f16",
 
     with gguf_writer(dst, "llama") as w:
         w.add_name(name)
-        w.add_context_length(hp.n_ctx)
-        w.add_embedding_length(hp.n_embd)
-        w.add_block_count(hp.n_layer)
-        w.add_feed_forward_length(hp.n_ff)
-        w.add_head_count(hp.n_head)
-        w.add_head_count_kv(hp.n_head_kv)
-        w.add_layer_norm_rms_eps(hp.eps)
-        w.add_rope_freq_base(hp.rope_theta)
-        w.add_rope_dimension_count(hp.head_dim)
-        if hp.head_dim != hp.n_embd // hp.n_head:
-            w.add_key_length(hp.head_dim)
-            w.add_value_length(hp.head_dim)
-        w.add_vocab_size(hp.n_vocab)
+        add_llama_shape(w, ctx=hp.n_ctx, dim=hp.n_embd, n_layer=hp.n_layer, ffn_dim=hp.n_ff, n_head=hp.n_head,
+                        n_kv_head=hp.n_head_kv, norm_eps=hp.eps, rope_base=hp.rope_theta, head_dim=hp.head_dim,
+                        vocab_size=hp.n_vocab)
         w.add_file_type(file_type)
         rope_freqs = _rope_keys(w, src, hp)
         described, chat_template = _write_vocab(w, src, hp.n_vocab, warnings)
@@ -512,7 +499,7 @@ def llama_to_gguf(src: Path, dst: Path, *, name: str, ftype: str = "f16",
 
 
 def hf_to_gguf(src: Path, dst: Path, *, name: str | None = None, ftype: str = "f16",
-               report: Callable[..., None] = _silent) -> Converted:
+               report: Callable[..., None] = silent) -> Converted:
     """The Hugging Face model folder `src` as a GGUF at `dst`: f32, f16 and bf16 written directly, quantizations
     (q8_0, q4_k_m, …) made by llama.cpp from an f16 temp file beside `dst`. `dst` appears whole or not at all."""
     from ember.quantize.quantizer import quantize_file
@@ -571,7 +558,7 @@ def check(src: Path, name: str, ftype: str) -> str:
     return _type(ftype)
 
 
-def publish(src: Path, name: str, ftype: str = "f16", report: Callable[..., None] = _silent) -> Converted:
+def publish(src: Path, name: str, ftype: str = "f16", report: Callable[..., None] = silent) -> Converted:
     """Convert `src` and add it to the model store as `name`; nothing is stored if anything fails."""
     from ember.config import Settings
     from ember.store.store import CreateSpec, ModelStore

@@ -63,6 +63,24 @@ def gguf_writer(path: Path, arch: str) -> Iterator["gguf.GGUFWriter"]:
         tmp.unlink(missing_ok=True)
 
 
+def add_llama_shape(w: "gguf.GGUFWriter", *, ctx: int, dim: int, n_layer: int, ffn_dim: int, n_head: int,
+                    n_kv_head: int, norm_eps: float, rope_base: float, head_dim: int, vocab_size: int) -> None:
+    """The keys llama.cpp's `llama` architecture reads for its shape: shared by train's export and convert."""
+    w.add_context_length(ctx)
+    w.add_embedding_length(dim)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(ffn_dim)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv_head)
+    w.add_layer_norm_rms_eps(norm_eps)
+    w.add_rope_freq_base(rope_base)
+    w.add_rope_dimension_count(head_dim)
+    if head_dim != dim // n_head:  # llama.cpp assumes dim / heads otherwise
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    w.add_vocab_size(vocab_size)
+
+
 def write_gguf(model, tok: Tokenizer, path: Path, *, chat: bool, name: str = "ember", ftype: str = "f16") -> Path:
     """Write model + tokenizer + chat template as one GGUF (f32 or f16), atomically."""
     import gguf
@@ -72,16 +90,9 @@ def write_gguf(model, tok: Tokenizer, path: Path, *, chat: bool, name: str = "em
     c = model.cfg
     with gguf_writer(path, "llama") as w:
         w.add_name(name)
-        w.add_context_length(c.ctx)
-        w.add_embedding_length(c.dim)
-        w.add_block_count(c.n_layer)
-        w.add_feed_forward_length(c.ffn_dim)
-        w.add_head_count(c.n_head)
-        w.add_head_count_kv(c.n_kv_head)
-        w.add_layer_norm_rms_eps(c.norm_eps)
-        w.add_rope_freq_base(c.rope_base)
-        w.add_rope_dimension_count(c.head_dim)
-        w.add_vocab_size(c.vocab_size)
+        add_llama_shape(w, ctx=c.ctx, dim=c.dim, n_layer=c.n_layer, ffn_dim=c.ffn_dim, n_head=c.n_head,
+                        n_kv_head=c.n_kv_head, norm_eps=c.norm_eps, rope_base=c.rope_base, head_dim=c.head_dim,
+                        vocab_size=c.vocab_size)
         w.add_file_type(gguf.LlamaFileType.ALL_F32 if ftype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
         tokens, types, merges = tok.gguf_vocab()
         w.add_tokenizer_model("gpt2")
