@@ -1,13 +1,14 @@
 """Atomic file writes: a temp file beside the target, fsync, rename, fsync the folder.
 
 A process killed at any instant leaves either the old file or the new one, plus perhaps a `.tmp-*` leftover that
-`remove_partials` clears on the next start. Each temp file is flock-ed while it is written, so that a cleanup run by
-another process (a second server, the CLI) never removes a file that is still being written; the kernel drops the
-lock when the writer dies.
+`remove_partials` clears on the next start. Each temp file (or temp folder, for work that makes several files) is
+flock-ed while it is written, so that a cleanup run by another process (a second server, the CLI) never removes a
+file that is still being written; the kernel drops the lock when the writer dies.
 """
 
 import fcntl
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,17 +78,56 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+@contextmanager
+def temp_dir(folder: Path) -> Iterator[Path]:
+    """A new locked `.tmp-*` folder in `folder` for work that writes several files; it goes, with all it holds, when
+    the block ends. The lock is on the folder itself, so cleanups leave it and everything in it alone meanwhile."""
+    make_dirs(folder)
+    path = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=folder))
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+
+
+def stray_partials(root: Path) -> Iterator[Path]:
+    """The `.tmp-*` files and folders under `root` that no live writer holds. Each is locked by us while the caller
+    looks at it (so a writer cannot take it up meanwhile); a folder's contents are its own, never listed apart."""
+    for folder, subfolders, files in os.walk(root):
+        for name in [n for n in subfolders if n.startswith(TMP_PREFIX)]:
+            subfolders.remove(name)
+            yield from _if_unheld(Path(folder) / name, os.O_RDONLY | os.O_DIRECTORY)
+        for name in files:
+            if name.startswith(TMP_PREFIX):
+                yield from _if_unheld(Path(folder) / name, os.O_RDONLY)
+
+
+def _if_unheld(path: Path, flags: int) -> Iterator[Path]:
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW)
+    except OSError:  # gone meanwhile, or not what its name says
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a live writer holds it
+    except BlockingIOError:
+        os.close(fd)
+        return
+    try:
+        yield path
+    finally:
+        os.close(fd)
+
+
 def remove_partials(root: Path) -> int:
-    """Delete the temp files that killed processes left under `root`; returns how many."""
+    """Delete the temp files and folders that killed processes left under `root`; returns how many."""
     removed = 0
-    if not root.exists():
-        return 0
-    for leftover in root.rglob(f"{TMP_PREFIX}*"):
-        try:
-            with open(leftover, "rb") as f:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a live writer holds it
-                leftover.unlink()
-            removed += 1
-        except (BlockingIOError, FileNotFoundError, IsADirectoryError):
-            continue
+    for leftover in stray_partials(root):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+        removed += 1
     return removed

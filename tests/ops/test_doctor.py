@@ -119,13 +119,16 @@ def test_files_in_the_manifests_tree_that_are_not_manifests_fail(home, models):
 
 def test_stray_partial_files_warn_but_a_live_writer_is_left_alone(home, models):
     (models.blobs.root / ".tmp-killed").write_bytes(b"half a blob")
+    killed_convert = home.models / ".tmp-convert"  # what a killed ember convert leaves: a folder
+    killed_convert.mkdir()
+    (killed_convert / "model.gguf").write_bytes(b"half a model")
     writing, path = open_temp(models.manifests / "a")  # locked, as a writer holds it
     try:
         warning = only(check(home), Status.WARN)
-        assert warning.message.startswith("1 partial file left by interrupted writes")
+        assert warning.message == "2 partial files left by interrupted writes (23 B)"
         assert warning.fix == "run: ember doctor --fix"
         check(home, fix=True)
-        assert path.exists() and not (models.blobs.root / ".tmp-killed").exists()
+        assert path.exists() and not (models.blobs.root / ".tmp-killed").exists() and not killed_convert.exists()
     finally:
         writing.close()
 

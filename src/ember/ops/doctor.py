@@ -10,7 +10,6 @@ or may run short.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import os
 import shutil
@@ -24,7 +23,7 @@ from ember.config import Settings
 from ember.core.errors import BadRequest, EmberError
 from ember.core.humanize import plural as _plural
 from ember.core.humanize import size as _size
-from ember.fsutil import TMP_PREFIX, remove_partials
+from ember.fsutil import TMP_PREFIX, remove_partials, stray_partials
 from ember.ops.keys import KeysFile
 from ember.store import bundled, manifests
 from ember.store.manifests import Manifest, layer_kind
@@ -203,18 +202,12 @@ def _check_unused(store: _Store, *, serving: bool, fix: bool) -> Iterable[Check]
 
 
 def _stray_partials(roots: Iterable[Path]) -> dict[Path, int]:
-    """Temp files no live writer holds (a writer keeps its own locked until it renames it)."""
+    """Temp files and folders no live writer holds (a writer keeps its own locked until it is done), with sizes."""
     found: dict[Path, int] = {}
     for root in roots:
-        if not root.is_dir():
-            continue
-        for path in root.rglob(f"{TMP_PREFIX}*"):
-            try:
-                with open(path, "rb") as f:
-                    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    found[path.resolve()] = os.fstat(f.fileno()).st_size
-            except OSError:  # locked by its writer, gone meanwhile, or a folder
-                continue
+        for path in stray_partials(root):
+            files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+            found[path.resolve()] = sum(f.stat().st_size for f in files)
     return found
 
 

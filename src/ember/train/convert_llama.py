@@ -22,7 +22,6 @@ size.
 import json
 import logging
 import math
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ember.core.errors import BadRequest
-from ember.fsutil import TMP_PREFIX
+from ember.fsutil import TMP_PREFIX, temp_dir
 from ember.store.store import silent
 from ember.train.export import add_llama_shape, gguf_writer
 
@@ -566,9 +565,10 @@ def publish(src: Path, name: str, ftype: str = "f16", report: Callable[..., None
     settings = Settings.from_env()
     ftype = check(src, name, ftype)  # before minutes of work
     store = ModelStore(settings.models)
-    # Beside the store, so a model larger than /tmp still fits; the folder goes whatever happens.
-    with tempfile.TemporaryDirectory(prefix=TMP_PREFIX + "convert-", dir=settings.models) as tmp:
-        result = hf_to_gguf(src, Path(tmp) / "model.gguf", name=name, ftype=ftype, report=report)
+    # Beside the store, so a model larger than /tmp still fits; the folder goes whatever happens (after a kill -9,
+    # with the next cleanup: it is locked only while this process lives).
+    with temp_dir(settings.models) as tmp:
+        result = hf_to_gguf(src, tmp / "model.gguf", name=name, ftype=ftype, report=report)
         # ember's default window is 4096: a model trained for less gets its own, not a warning on every load.
         short = 0 < result.context_length < settings.context_length
         store.create(name, CreateSpec(from_=str(result.path),

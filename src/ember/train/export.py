@@ -3,7 +3,6 @@
 The PyTorch model already uses llama.cpp's interleaved rotary layout, so tensors are only renamed, never permuted.
 """
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 
 from ember.core.errors import BadRequest
 from ember.core.templates import CHATML
-from ember.fsutil import TMP_PREFIX
+from ember.fsutil import commit, open_temp
 from ember.train.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -48,16 +47,18 @@ def gguf_writer(path: Path, arch: str) -> Iterator["gguf.GGUFWriter"]:
     """A GGUFWriter for `arch`: the caller adds keys and tensors; the file appears at `path` once all is written."""
     import gguf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}"
+    # Our locked temp file (the writer reopens the same name, the lock stays on the file): a cleanup run meanwhile by
+    # another process (a server starting, ember doctor --fix) leaves it alone.
+    held, tmp = open_temp(path.parent)
     w = gguf.GGUFWriter(str(tmp), arch)
     try:
-        yield w
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.replace(tmp, path)
+        with held:
+            yield w
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+            w.close()
+            commit(held, tmp, path)
     finally:
         w.close()  # also when a tensor fails or a cancel stops the writing half-way: no open handle on a gone file
         tmp.unlink(missing_ok=True)
