@@ -27,6 +27,7 @@ CPU_COMPUTE = "int8"
 # the bare interpreter 284 MB (tiny.en) and 313 MB (base) on 30 s of speech, under model.bin + this.
 WORKING_BYTES = 200 << 20
 BEAM_SIZE = 5  # faster-whisper's default, and the reference whisper CLI's
+DECODER_CONTEXT = 448  # tokens: every Whisper size's text decoder has this window; no option changes it
 
 
 def _cuda_devices() -> int:
@@ -56,7 +57,7 @@ class WhisperEngine:
         self._busy = 0
 
     def status(self) -> EngineStatus:
-        return EngineStatus(weights_bytes=self._weights, cache_bytes=WORKING_BYTES, context=448, slots=1,
+        return EngineStatus(weights_bytes=self._weights, cache_bytes=WORKING_BYTES, context=DECODER_CONTEXT, slots=1,
                             busy_slots=self._busy, threads=self.threads, device=self.device, runner="faster-whisper")
 
     def transcribe(self, audio: BinaryIO, request: TranscribeRequest, segment: Callable[[Segment, float], None],

@@ -260,9 +260,10 @@ def _spec(model: Model, num_ctx: int):
     from ember.engines.registry import capabilities
 
     if model.is_speech:
+        from ember.engines.whisper import DECODER_CONTEXT
         from ember.store.store import model_folder
 
-        return LoadSpec(model_folder(model), role=Role.TRANSCRIBE, num_ctx=448)
+        return LoadSpec(model_folder(model), role=Role.TRANSCRIBE, num_ctx=DECODER_CONTEXT)
     role = Role.EMBED if Capability.EMBEDDING in capabilities(model) else Role.GENERATE
     return LoadSpec(model.model_path, role=role, adapter_paths=tuple(model.adapter_paths), num_ctx=num_ctx,
                     num_parallel=1)

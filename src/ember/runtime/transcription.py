@@ -17,6 +17,7 @@ from ember.core.errors import BadRequest
 from ember.core.options import resolve
 from ember.core.types import Segment, TranscribeRequest, Transcript
 from ember.engines.base import LoadSpec, Role, Transcriber
+from ember.engines.whisper import DECODER_CONTEXT
 from ember.runtime.scheduler import Scheduler
 from ember.store.store import Model, ModelStore, model_folder
 
@@ -54,7 +55,7 @@ async def transcribe(scheduler: Scheduler, store: ModelStore, settings: Settings
     model = await asyncio.to_thread(_speech_model, store, name)
     options = resolve(model.params, request.options, None)
     spec = LoadSpec(model_path=await asyncio.to_thread(model_folder, model), role=Role.TRANSCRIBE,
-                    num_ctx=448, num_thread=options.num_thread)
+                    num_ctx=DECODER_CONTEXT, num_thread=options.num_thread)
     async with scheduler.admitted(), scheduler.using(model, spec, request.keep_alive) as lease:
         engine = lease.engine
         if not isinstance(engine, Transcriber):
