@@ -14,12 +14,13 @@ from rich.console import Console
 from ember.config import Settings
 from ember.core.durations import parse_duration
 from ember.core.errors import BadRequest
-from ember.extras import require
+from ember.extras import require, torch_threads_yield
 
 err = Console(stderr=True, highlight=False)
 
 
 def _require_train_extra(command: str) -> None:
+    torch_threads_yield()
     # All of [train] before any work: matplotlib is imported only when a run writes its report.
     for module in ("torch", "tokenizers", "matplotlib"):
         require(module, "train", command)

@@ -13,7 +13,7 @@ from rich.console import Console
 from ember.config import Settings
 from ember.core.durations import parse_duration
 from ember.core.errors import BadRequest
-from ember.extras import require
+from ember.extras import require, torch_threads_yield
 
 err = Console(stderr=True, highlight=False)
 
@@ -41,6 +41,7 @@ def tune(
 ):
     """LoRA-tune BASE on your chat examples; NAME is served as an adapter over BASE, or merged with --merge."""
     started = clock.perf_counter()  # --time is the whole command's, imports and loading included
+    torch_threads_yield()
     for module in ("torch", "peft", "transformers", "accelerate", "matplotlib"):
         require(module, "tune", "ember tune")
     from ember.store.store import ModelStore
