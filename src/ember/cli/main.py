@@ -301,6 +301,9 @@ def bench_quant(
     rounds: int = typer.Option(2, "--rounds", min=1, help="rounds of the speed measurements (best kept)"),
     out: Path = typer.Option(Path("bench/results"), "--out", help="where the JSON and the PNG go"),
     threads: int | None = typer.Option(None, "--threads", help="default: one per core"),
+    runtimes: str = typer.Option("gguf,onnx,openvino", "--runtimes", help="comma-separated: gguf (llama.cpp's "
+                                 "types), onnx (FP32 export and ONNX Runtime INT8), openvino (INT8, INT4); the "
+                                 "stored model is always the reference"),
 ):
     """Every quantization of MODEL side by side: size, load time, speed, memory, perplexity and KL divergence."""
     from ember.bench.quant import QuantBenchConfig, table
@@ -308,15 +311,16 @@ def bench_quant(
 
     texts = {p.name: quantize_cli.read_text(p, "--data") for p in data} if data else None
     config = QuantBenchConfig(model=model, out=out, texts=texts, ctx=ctx, chunks=chunks or None, rounds=rounds,
-                              threads=threads)
+                              threads=threads, runtimes=[r.strip().lower() for r in runtimes.split(",") if r.strip()])
     if types:
         config.types = [t for t in types.split(",") if t.strip()]
     result = run_bench(config, err)
     out_console = Console() if sys.stdout.isatty() else Console(width=150)  # a file gets the whole table
     out_console.print(table(result))
     out_console.print(result["recommendation"], soft_wrap=True, highlight=False)
-    err.print(f"{result['note']}; perplexity on {', '.join(result['texts'])} in chunks of {result['ctx']}; "
-              f"ONNX Runtime INT8 and OpenVINO are not measured. Wrote {' and '.join(result['files'])}")
+    missing = "".join(f"; {line}" for line in result["not_measured"])
+    err.print(f"{result['note']}; perplexity on {', '.join(result['texts'])} in chunks of {result['ctx']}{missing}. "
+              f"Wrote {' and '.join(result['files'])}", soft_wrap=True)
 
 
 # Defined beside the code they drive, with their options mapped straight onto the training config.

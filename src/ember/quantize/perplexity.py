@@ -76,10 +76,26 @@ class ChunkScores:
     seconds: float  # how long the model took to read the chunk
 
 
+@dataclass
+class Scorer:
+    """A model outside llama.cpp (e.g. an ONNX export of it) that scores chunks as llama.cpp's do: `logits(ids)` is
+    one row of logits per id, read from an empty cache; `n_vocab` the rows' width."""
+
+    name: str
+    logits: Callable[[list[int]], np.ndarray]
+    n_vocab: int
+    size: int = 0  # bytes on disk, for the report
+
+    def close(self) -> None:
+        pass
+
+
 def scored_chunks(llms: Sequence, tokens: list[int], ctx: int) -> Iterator[list[ChunkScores]]:
     """The chunking every measure here shares: for each chunk, what each model in `llms` predicts over its second
     half. The models read each chunk one after the other, so that a drift in the machine's speed touches them alike,
-    and only one chunk's logits per model are ever held (a 262k vocabulary makes all chunks' too many)."""
+    and only one chunk's logits per model are ever held (a 262k vocabulary makes all chunks' too many). The first is
+    a llama.cpp model (its vocabulary says whether chunks start with BOS); the others may be Scorers, given the same
+    token ids."""
     import llama_cpp
 
     chunks = len(tokens) // ctx
@@ -92,10 +108,14 @@ def scored_chunks(llms: Sequence, tokens: list[int], ctx: int) -> Iterator[list[
         targets = np.asarray(chunk[first + 1:ctx])
         out = []
         for llm in llms:
-            llm.reset()
             started = time.perf_counter()
-            llm.eval(chunk)
-            out.append(ChunkScores(np.asarray(llm.scores[first:ctx - 1]), targets, time.perf_counter() - started))
+            if isinstance(llm, Scorer):
+                logits = llm.logits(list(chunk))[first:ctx - 1, :llms[0].n_vocab()]  # beyond: a padded embedding
+            else:
+                llm.reset()
+                llm.eval(chunk)
+                logits = np.asarray(llm.scores[first:ctx - 1])
+            out.append(ChunkScores(logits, targets, time.perf_counter() - started))
         yield out
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ember.core.errors import BadRequest
-from ember.quantize.perplexity import log_softmax, open_model, scored_chunks, summarize
+from ember.quantize.perplexity import Scorer, log_softmax, open_model, scored_chunks, summarize
 
 ROWS = 32  # rows of logits turned into float64 at once: 32 x 262k x 8 bytes = 64 MB at most
 GEN_TOKENS = 32
@@ -166,25 +166,30 @@ def compare(reference: Path, candidate: Path, texts: dict[str, str], **kwargs) -
     return compare_many(reference, [candidate], texts, **kwargs)[0]
 
 
-def compare_many(reference: Path, candidates: list[Path], texts: dict[str, str], *, ctx: int = 256,
+def compare_many(reference: Path, candidates: list[Path | Scorer], texts: dict[str, str], *, ctx: int = 256,
                  threads: int | None = None, type_name: str | list[str] = "", reference_name: str = "",
                  candidate_name: str | list[str] = "", require_all: bool = True, max_chunks: int | None = None,
                  speed: bool = True, progress: Callable[[int, int], None] | None = None) -> list[Quality]:
     """Measure each candidate against `reference` on each text (its first `max_chunks` chunks, if given), all of
     them reading each chunk in turn, so that the reference reads it once. With require_all False, a text shorter than
     one chunk (e.g. Russian for a model that knows only English letters) is skipped rather than refused. With speed,
-    generation is timed too. `progress(chunk, chunks)` after each chunk; it may raise to stop."""
+    generation is timed too (llama.cpp candidates only). A candidate may be a Scorer: a model outside llama.cpp,
+    given the same token ids. `progress(chunk, chunks)` after each chunk; it may raise to stop."""
+    if speed and any(isinstance(c, Scorer) for c in candidates):
+        raise ValueError("generation speed is timed for llama.cpp models only")
     types = type_name if isinstance(type_name, list) else [type_name]
     names = candidate_name if isinstance(candidate_name, list) else [candidate_name]
     results = [Quality(reference_name or reference.name, names[i] if i < len(names) and names[i] else c.name,
                        types[i] if i < len(types) else "", ctx, size_ref=reference.stat().st_size,
-                       size=c.stat().st_size) for i, c in enumerate(candidates)]
+                       size=c.size if isinstance(c, Scorer) else c.stat().st_size) for i, c in enumerate(candidates)]
     llms = [open_model(reference, ctx, threads)]
     try:
         for c in candidates:
-            llms.append(open_model(c, ctx, threads))
-            if llms[0].n_vocab() != llms[-1].n_vocab():
-                raise BadRequest(f"{c.name} has another vocabulary ({llms[-1].n_vocab()} tokens, not "
+            llms.append(c if isinstance(c, Scorer) else open_model(c, ctx, threads))
+            n_vocab = c.n_vocab if isinstance(c, Scorer) else llms[-1].n_vocab()
+            # A Scorer's rows may be wider (an embedding padded to a round size): scored_chunks cuts them.
+            if n_vocab != llms[0].n_vocab() and not (isinstance(c, Scorer) and n_vocab > llms[0].n_vocab()):
+                raise BadRequest(f"{c.name} has another vocabulary ({n_vocab} tokens, not "
                                  f"{llms[0].n_vocab()}); KL divergence compares models of one vocabulary")
         tokenized, skipped = {}, []
         for name, text in texts.items():
