@@ -196,20 +196,25 @@ class Graph:
 
             compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                                   "PERFORMANCE_HINT": "LATENCY"})
-            request = compiled.create_infer_request()
+            self._compiled = compiled
             self.names = [i.get_any_name() for i in compiled.inputs]
             shape = next(i.get_partial_shape() for i in compiled.inputs if i.get_any_name().startswith("past."))
             self.heads, self.head_dim = shape[1].get_length(), shape[3].get_length()
             outputs = compiled.outputs
 
             def run(feed):
-                result = request.infer(feed)
+                result = self._request.infer(feed)
                 return [result[o] for o in outputs]
 
             self._run = run
         self.reset()
 
     def reset(self) -> None:
+        if self.runtime == "openvino":
+            # A new request for each sequence: with 2 threads, OpenVINO 2026.4's CPU plugin reusing one request
+            # from a long cache back to an empty one failed its shape check in the attention's Expand (GQA) node;
+            # a fresh request (cheap, and outside every timed span) does not.
+            self._request = self._compiled.create_infer_request()
         empty = np.zeros((1, self.heads, 0, self.head_dim), np.float32)
         self.past = [empty] * sum(n.startswith("past.") for n in self.names)
         self.n_tokens = 0
