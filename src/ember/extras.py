@@ -18,8 +18,7 @@ def require(module: str, extra: str, what: str):
 def torch_threads_yield() -> None:
     """Make PyTorch's OpenMP threads sleep, not spin, while they wait: call before torch is first imported.
 
-    On 2 cores with one other busy process, a 2-thread training step ran 18x slower than on a quiet machine and 5x
-    slower than 1 thread (the waiting thread spins on the core its partner needs); passive waiting made it as fast as
-    1 thread there, and cost nothing on a quiet machine (7.4 steps/s both ways; measured 2026-12-07 with 30 linear
-    layers of 576, batch 256, forward and backward). A user's own OMP_WAIT_POLICY wins."""
+    bench/omp_wait.py on 2 cores with one other busy process: a 2-thread training step ran 1.9-2.0 steps/s with
+    OpenMP's spinning waits (the waiting thread spins on the core its partner needs), 3.5-3.9 with passive ones; on
+    a quiet machine 6.5-6.6 against 5.5-6.8 (within the runs' noise). A user's own OMP_WAIT_POLICY wins."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
